@@ -1,0 +1,193 @@
+"""Local training at a site: the one DP-SGD path in fedshield, and the only code that
+touches Opacus.
+
+DP-SGD (Abadi et al. 2016) with Poisson sampling, per-example clipping to ``max_grad_norm``
+and Gaussian noise of std ``noise_multiplier * max_grad_norm`` on the sum. Unit of privacy:
+one record at this site; neighbouring datasets differ by one record added or removed.
+
+The non-private path (``privacy=None``) runs the same loop with shuffled mini-batches and
+no clipping or noise, for comparison runs only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from common.accounting import DpSgdEvent
+from common.dataset import Dataset
+from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
+
+
+@dataclass(frozen=True)
+class LocalPlan:
+    """How a site trains in one round (not privacy-relevant except through ``steps``)."""
+
+    local_epochs: float
+    batch_size: int
+    learning_rate: float
+    proximal_mu: float = 0.0  # FedProx; 0 disables
+
+    def __post_init__(self) -> None:
+        if not self.local_epochs > 0:
+            raise ValueError(f"local_epochs must be > 0, got {self.local_epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.proximal_mu < 0:
+            raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+
+
+@dataclass(frozen=True)
+class PrivacyPlan:
+    noise_multiplier: float
+    max_grad_norm: float
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0:
+            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    weights: list[np.ndarray]
+    num_examples: int
+    train_loss: float
+    event: DpSgdEvent | None  # None when trained without DP
+
+
+def sampling(num_records: int, plan: LocalPlan) -> tuple[float, int]:
+    """(Poisson sample rate, number of steps) for one round of ``plan`` on ``num_records``.
+
+    The sample rate is ``1 / ceil(n / batch_size)``, exactly what Opacus uses, so the expected
+    batch is about ``batch_size``; steps cover ``local_epochs`` passes in expectation.
+    """
+    if num_records < 1:
+        raise ValueError(f"num_records must be >= 1, got {num_records}")
+    batches_per_epoch = math.ceil(num_records / plan.batch_size)
+    return 1.0 / batches_per_epoch, max(1, round(plan.local_epochs * batches_per_epoch))
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
+    keys = list(model.state_dict().keys())
+    if len(keys) != len(weights):
+        raise ValueError(f"model has {len(keys)} tensors, got {len(weights)} arrays")
+    model.load_state_dict({k: torch.as_tensor(w) for k, w in zip(keys, weights, strict=True)}, strict=True)
+
+
+def _tensors(data: Dataset, device: torch.device) -> TensorDataset:
+    return TensorDataset(torch.as_tensor(data.x, device=device), torch.as_tensor(data.y, device=device))
+
+
+def train_local(
+    model: nn.Module,
+    data: Dataset,
+    plan: LocalPlan,
+    *,
+    privacy: PrivacyPlan | None,
+    seed: int,
+    device: torch.device | None = None,
+) -> LocalResult:
+    """Train ``model`` (not modified) on ``data`` for one round; return the new weights.
+
+    With ``privacy``, this is DP-SGD and ``LocalResult.event`` records the mechanism exactly
+    as run (checked against Opacus's own accountant history).
+    """
+    device = device or pick_device()
+    import copy
+
+    model = copy.deepcopy(model).to(device)
+    global_params = [p.detach().clone() for p in model.parameters()]
+    sample_rate, steps = sampling(len(data), plan)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate)
+    loss_fn = nn.CrossEntropyLoss()
+
+    if privacy is not None:
+        from opacus import PrivacyEngine
+        from opacus.validators import ModuleValidator
+
+        errors = ModuleValidator.validate(model, strict=False)
+        if errors:
+            raise ValueError(f"model is not DP-compatible: {errors[0]}")
+        with warnings.catch_warnings():
+            # Only this call's secure-RNG notice: the simulation seeds noise for reproducibility.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            engine = PrivacyEngine(accountant="prv")
+        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, generator=generator)
+        model, optimizer, loader = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=privacy.noise_multiplier,
+            max_grad_norm=privacy.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=generator,
+        )
+    else:
+        loader = DataLoader(
+            _tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=generator
+        )
+
+    model.train()
+    total_loss, batches, done = 0.0, 0, 0
+    while done < steps:
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            if len(yb) > 0:
+                loss = loss_fn(model(xb), yb)
+                loss.backward()
+                total_loss += float(loss.detach())
+                batches += 1
+            else:
+                # An empty Poisson batch is still a step: Opacus adds pure noise.
+                _empty_step_grads(model, privacy is not None)
+            optimizer.step()
+            if plan.proximal_mu > 0:
+                # FedProx's proximal term is data-independent: applied after the private
+                # step as post-processing (adding it to the loss would be lost by Opacus,
+                # which rebuilds the gradient from per-example gradients).
+                with torch.no_grad():
+                    for p, g in zip(_params(model), global_params, strict=True):
+                        p.sub_(plan.learning_rate * plan.proximal_mu * (p - g))
+            done += 1
+            if done >= steps:
+                break
+
+    event = None
+    if privacy is not None:
+        event = DpSgdEvent(privacy.noise_multiplier, sample_rate, steps)
+        recorded = engine.accountant.history
+        if recorded != [(privacy.noise_multiplier, sample_rate, steps)]:
+            raise RuntimeError(f"Opacus recorded {recorded}, planned {event}: accounting would be wrong")
+        model = model._module
+    return LocalResult(
+        weights=get_weights(model),
+        num_examples=len(data),
+        train_loss=total_loss / max(batches, 1),
+        event=event,
+    )
+
+
+def _params(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _empty_step_grads(model: nn.Module, private: bool) -> None:
+    if not private:
+        return
+    for p in _params(model):
+        p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

@@ -1,0 +1,1 @@
+"""Code shared by every side of fedshield: models, data, partitioning, privacy accounting."""

@@ -1,0 +1,156 @@
+"""Privacy accounting for DP-SGD at one site.
+
+Unit of privacy: one record at one site. Neighbouring datasets differ by adding or removing
+one record (the relation under which Poisson-subsampled Gaussian accounting holds).
+
+A site's training is described as data: a history of :class:`DpSgdEvent` values, each one
+``SelfComposed(PoissonSampled(q, Gaussian(sigma)), steps)``. Epsilon is always derived from
+the whole history, never carried as a running number: the epsilon a site reports after
+round r is the composition of every step it has taken so far.
+
+The number we enforce and report comes from the PRV accountant (Gopi et al. 2021,
+"Numerical Composition of Differential Privacy"), via Opacus. Google's ``dp-accounting``
+(RDP and PLD) provides an independent cross-check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from common.errors import ConfigError
+
+# PRV epsilon error; the accountant returns an upper bound, so this only loosens, never
+# under-reports.
+PRV_EPS_ERROR = 0.01
+_SIGMA_MAX = 1e4
+
+
+class Accountant(str, Enum):
+    PRV = "prv"  # Opacus PRV (reported, enforced)
+    RDP = "rdp"  # dp-accounting RDP (cross-check)
+    PLD = "pld"  # dp-accounting PLD (cross-check)
+
+
+@dataclass(frozen=True)
+class DpSgdEvent:
+    """``steps`` DP-SGD steps with Poisson sample rate ``sample_rate`` and noise ``noise_multiplier``.
+
+    ``noise_multiplier`` is sigma / clipping bound (the std of the Gaussian noise added to the
+    sum of clipped per-example gradients, in units of the bound).
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not self.noise_multiplier > 0 or not math.isfinite(self.noise_multiplier):
+            raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def _merged(history: Sequence[DpSgdEvent]) -> list[tuple[float, float, int]]:
+    """Opacus history tuples, with consecutive identical mechanisms merged (same result,
+    fewer convolutions)."""
+    out: list[tuple[float, float, int]] = []
+    for e in history:
+        if out and out[-1][0] == e.noise_multiplier and out[-1][1] == e.sample_rate:
+            out[-1] = (e.noise_multiplier, e.sample_rate, out[-1][2] + e.steps)
+        else:
+            out.append((e.noise_multiplier, e.sample_rate, e.steps))
+    return out
+
+
+def _check_delta(delta: float) -> None:
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta}")
+
+
+def epsilon(
+    history: Sequence[DpSgdEvent], *, delta: float, accountant: Accountant = Accountant.PRV
+) -> float:
+    """Epsilon of the composition of every event in ``history`` at ``delta``.
+
+    An empty history has spent nothing: 0.0.
+    """
+    _check_delta(delta)
+    if not history:
+        return 0.0
+    if accountant is Accountant.PRV:
+        from opacus.accountants import PRVAccountant
+
+        acc = PRVAccountant()
+        acc.history = _merged(history)
+        return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+    return _dp_accounting_epsilon(history, delta=delta, accountant=accountant)
+
+
+def _dp_accounting_epsilon(history: Sequence[DpSgdEvent], *, delta: float, accountant: Accountant) -> float:
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
+    event = dp_accounting.ComposedDpEvent(
+        [
+            dp_accounting.SelfComposedDpEvent(
+                dp_accounting.PoissonSampledDpEvent(sigma_q[1], dp_accounting.GaussianDpEvent(sigma_q[0])),
+                sigma_q[2],
+            )
+            for sigma_q in _merged(history)
+        ]
+    )
+    acc = rdp.RdpAccountant() if accountant is Accountant.RDP else pld.PLDAccountant()
+    acc.compose(event)
+    return float(acc.get_epsilon(delta))
+
+
+def calibrate_noise(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float,
+    steps: int,
+    prior: Sequence[DpSgdEvent] = (),
+    tolerance: float = 0.01,
+) -> float:
+    """Smallest noise multiplier (to ``tolerance`` in epsilon) such that ``prior`` followed by
+    ``steps`` steps at ``sample_rate`` spends at most ``target_epsilon`` at ``delta``.
+
+    The returned sigma never overshoots: ``epsilon(prior + [event]) <= target_epsilon``.
+    Raises :class:`ConfigError` if no noise level can meet the target.
+    """
+    if not target_epsilon > 0:
+        raise ConfigError(f"epsilon must be > 0, got {target_epsilon}")
+    _check_delta(delta)
+
+    def spent(sigma: float) -> float:
+        return epsilon([*prior, DpSgdEvent(sigma, sample_rate, steps)], delta=delta)
+
+    if epsilon(prior, delta=delta) >= target_epsilon:
+        raise ConfigError(
+            f"the budget epsilon={target_epsilon:g} is already used by earlier training; nothing is left"
+        )
+    low, high = 0.0, 1.0
+    while spent(high) > target_epsilon:
+        low, high = high, high * 2.0
+        if high > _SIGMA_MAX:
+            raise ConfigError(
+                f"epsilon={target_epsilon:g} at delta={delta:g} cannot be met with {steps} steps "
+                f"at sample rate {sample_rate:.3g}: train fewer rounds or steps"
+            )
+    # Invariant: spent(high) <= target (safe), spent(low) > target or low == 0.
+    while high - low > 1e-4 * high:
+        mid = 0.5 * (low + high)
+        eps_mid = spent(mid)
+        if eps_mid <= target_epsilon:
+            high = mid
+            if target_epsilon - eps_mid <= tolerance:
+                break
+        else:
+            low = mid
+    return high

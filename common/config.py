@@ -1,0 +1,194 @@
+"""The run configuration: every knob of a run on one screen, validated once.
+
+Keys are kebab-case everywhere a user writes them (scenario files, ``--run-config``,
+``[tool.flwr.app.config]``); values are str, int, float or bool, as Flower's run config
+requires. Lists (layer widths, categorical columns) are comma-separated strings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from common.errors import ConfigError
+
+
+class Strategy(str, Enum):
+    FEDAVG = "fedavg"
+    FEDPROX = "fedprox"
+    FEDADAM = "fedadam"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole federated run. Epsilon is per site, for the whole job, at ``delta``; the unit of
+    privacy is one record at one site (add/remove-one neighbouring relation)."""
+
+    scenario: str = "hospitals-tabular"
+    # data
+    dataset: str = "sklearn:breast_cancer"
+    data_path: str = ""
+    label_column: str = ""
+    categorical_columns: str = ""
+    synthetic_records: int = 3000
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    # sites
+    sites: int = 5
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+    min_site_records: int = 4
+    # model
+    model: str = "mlp"
+    hidden: str = "16"
+    channels: str = "16,32"
+    # federation
+    rounds: int = 5
+    strategy: str = "fedavg"
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    proximal_mu: float = 0.0
+    server_learning_rate: float = 0.1
+    centralized_eval: bool = True
+    # local training
+    local_epochs: float = 1.0
+    batch_size: int = 128
+    learning_rate: float = 1.0
+    # privacy
+    dp: bool = True
+    epsilon: float = 1.0
+    delta: float = 1e-5
+    noise_multiplier: float = 0.0  # > 0: use it directly; 0: calibrate to epsilon
+    max_grad_norm: float = 1.0
+    # bookkeeping
+    seed: int = 0
+    out: str = "runs/latest"
+
+    def __post_init__(self) -> None:
+        _check(self.sites >= 1, "sites", "must be >= 1", self.sites)
+        _check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
+        _check(self.epsilon > 0, "epsilon", "must be > 0", self.epsilon)
+        _check(0 < self.delta < 1, "delta", "must be in (0, 1)", self.delta)
+        _check(self.noise_multiplier >= 0, "noise-multiplier", "must be >= 0 (0 = calibrate to epsilon)",
+               self.noise_multiplier)
+        _check(self.max_grad_norm > 0, "max-grad-norm", "must be > 0", self.max_grad_norm)
+        _check(0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)", self.test_fraction)
+        _check(0 < self.val_fraction < 1, "val-fraction", "must be in (0, 1)", self.val_fraction)
+        _check(self.alpha > 0, "alpha", "must be > 0", self.alpha)
+        _check(self.min_site_records >= 2, "min-site-records", "must be >= 2", self.min_site_records)
+        _check(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]", self.fraction_train)
+        _check(0 <= self.fraction_evaluate <= 1, "fraction-evaluate", "must be in [0, 1]", self.fraction_evaluate)
+        _check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0", self.proximal_mu)
+        _check(self.server_learning_rate > 0, "server-learning-rate", "must be > 0", self.server_learning_rate)
+        _check(self.local_epochs > 0, "local-epochs", "must be > 0", self.local_epochs)
+        _check(self.batch_size >= 1, "batch-size", "must be >= 1", self.batch_size)
+        _check(self.learning_rate > 0, "learning-rate", "must be > 0", self.learning_rate)
+        _check(self.synthetic_records >= 10, "synthetic-records", "must be >= 10", self.synthetic_records)
+        _check(self.partition in {"iid", "dirichlet", "quantity"}, "partition",
+               "must be one of iid, dirichlet, quantity", self.partition)
+        _check(self.model in {"mlp", "cnn"}, "model", "must be one of mlp, cnn", self.model)
+        _check(self.strategy in {s.value for s in Strategy}, "strategy",
+               "must be one of fedavg, fedprox, fedadam", self.strategy)
+        for key, value in (("hidden", self.hidden), ("channels", self.channels)):
+            try:
+                widths = _int_list(value)
+            except ValueError:
+                raise ConfigError(f"{key} must be comma-separated positive integers, got {value!r}") from None
+            _check(all(w > 0 for w in widths), key, "must be comma-separated positive integers", value)
+
+    # Derived, typed views -------------------------------------------------------------
+    @property
+    def hidden_layers(self) -> tuple[int, ...]:
+        return _int_list(self.hidden)
+
+    @property
+    def channel_layers(self) -> tuple[int, ...]:
+        return _int_list(self.channels)
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.categorical_columns.split(",") if c.strip())
+
+    @property
+    def strategy_kind(self) -> Strategy:
+        return Strategy(self.strategy)
+
+    # Conversions ----------------------------------------------------------------------
+    def to_flat(self) -> dict[str, str | int | float | bool]:
+        """Kebab-case mapping, as written in scenario files and Flower's run config."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in _fields()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_flat(), indent=2, sort_keys=True)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from kebab-case keys; unknown keys and wrong types name ``source`` and key."""
+        return cls().merged(values, source=source)
+
+    def merged(self, values: Mapping[str, Any], *, source: str) -> RunConfig:
+        """A copy with ``values`` (kebab-case keys) applied on top."""
+        known = {f.name.replace("_", "-"): f for f in _fields()}
+        changes: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
+            changes[known[key].name] = _coerce(value, type(getattr(self, known[key].name)), key, source)
+        try:
+            return dataclasses.replace(self, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+
+def _fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(RunConfig))
+
+
+def _check(ok: bool, key: str, rule: str, value: object) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}, got {value!r}")
+
+
+def _int_list(value: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in value.split(",") if v.strip())
+
+
+def _coerce(value: Any, target: type, key: str, source: str) -> Any:
+    if target is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false"}:
+            return value.lower() == "true"
+    elif target is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif target is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif target is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{source}: {key} must be a {target.__name__}, got {value!r}")

@@ -1,0 +1,27 @@
+"""Scoring a model on a dataset, and choosing the device (CUDA when present, else CPU)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.dataset import Dataset
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, *, device: torch.device | None = None) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    device = device or pick_device()
+    model = model.to(device).eval()
+    x = torch.as_tensor(data.x, device=device)
+    y = torch.as_tensor(data.y, device=device)
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y), 1024):
+        logits = model(x[i : i + 1024])
+        loss_sum += float(nn.functional.cross_entropy(logits, y[i : i + 1024], reduction="sum"))
+        correct += int((logits.argmax(1) == y[i : i + 1024]).sum())
+    return loss_sum / len(y), correct / len(y)

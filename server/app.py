@@ -1,0 +1,99 @@
+"""The ServerApp: sample sites, aggregate their private updates, evaluate, write the results."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+
+from common.config import RunConfig
+from common.config import Strategy as StrategyKind
+from common.evaluation import evaluate
+from common.federation import model_spec, server_test_set
+from common.models import build_model
+from server import report
+from server.tracking import SiteTracking
+
+log = logging.getLogger(__name__)
+
+
+def build_strategy(cfg: RunConfig) -> Strategy:
+    """FedAvg, FedProx or FedAdam from Flower, sampling ``fraction-train`` of the sites."""
+    common: dict[str, Any] = {
+        "fraction_train": cfg.fraction_train,
+        "fraction_evaluate": cfg.fraction_evaluate,
+        "min_train_nodes": 1,
+        "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
+        "min_available_nodes": 1,
+    }
+    kind = cfg.strategy_kind
+    if kind is StrategyKind.FEDPROX:
+        return FedProx(**common, proximal_mu=cfg.proximal_mu)
+    if kind is StrategyKind.FEDADAM:
+        return FedAdam(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    return FedAvg(**common)
+
+
+def central_evaluation(
+    cfg: RunConfig, tracking: SiteTracking
+) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """Score the global model on the server's own test set (when enabled) after each round."""
+    test = server_test_set(cfg) if cfg.centralized_eval else None
+    spec = model_spec(cfg)
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        metrics: dict[str, float] = {}
+        if test is not None:
+            model = build_model(spec, seed=cfg.seed)
+            model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+            loss, accuracy = evaluate(model, test)
+            metrics = {"loss": loss, "accuracy": accuracy}
+        tracking.record_central(server_round, metrics)
+        return MetricRecord(metrics) if metrics else None
+
+    return evaluate_fn
+
+
+def run_server(
+    grid: Grid, cfg: RunConfig, out: Path, *, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the whole job on ``grid`` and write its results under ``out``; returns the metrics."""
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_config(out, cfg)
+    num_sites = len(list(grid.get_node_ids()))
+    model = build_model(model_spec(cfg), seed=cfg.seed)
+    tracking = SiteTracking(build_strategy(cfg), num_rounds=cfg.rounds, progress=progress)
+    result = tracking.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.rounds,
+        train_config=ConfigRecord({}),
+        evaluate_fn=central_evaluation(cfg, tracking),
+    )
+    metrics = report.build_metrics(cfg, tracking.rounds, num_sites=num_sites)
+    report.write_metrics(out, metrics)
+    report.write_model(out, result.arrays.to_torch_state_dict() if result.arrays else model.state_dict())
+    report.write_plot(out, metrics)
+    return metrics
+
+
+def make_server_app(cfg: RunConfig | None = None, *, progress: Callable[[str], None] | None = None) -> ServerApp:
+    """A ServerApp bound to ``cfg``, or (``None``) reading it from Flower's run config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        resolved = cfg if cfg is not None else RunConfig.from_flat(context.run_config, source="run config")
+        torch.manual_seed(resolved.seed)
+        run_server(grid, resolved, Path(resolved.out), progress=progress)
+
+    return app
+
+
+app = make_server_app()

@@ -1,0 +1,166 @@
+"""What a run leaves behind in its output folder: metrics.json, config.toml, the final model,
+and a plot of accuracy and per-site epsilon over rounds.
+
+Only aggregate values appear here: per-site cumulative (epsilon, delta), step counts, losses
+and accuracies. No record and no per-example value is ever written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from common import records as rk
+from common.config import RunConfig
+from server.tracking import RoundLog
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.toml"
+MODEL_FILE = "model.pt"
+PLOT_FILE = "training.png"
+
+
+def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> dict[str, Any]:
+    """The metrics document: one entry per round, and a ``final`` section."""
+    last_site: dict[int, dict[str, float]] = {}
+    records: dict[int, int] = {}
+    out_rounds = []
+    for log in rounds:
+        sites = {}
+        for site_id in range(num_sites):
+            if site_id in log.train:
+                last_site[site_id] = log.train[site_id]
+                records[site_id] = int(log.train[site_id][rk.NUM_EXAMPLES])
+            prev = last_site.get(site_id, {})
+            sites[str(site_id)] = {
+                "trained": site_id in log.train,
+                "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,
+                "delta": cfg.delta if cfg.dp else None,
+                "dp_steps": int(prev.get(rk.DP_STEPS, 0)),
+                "train_loss": log.train[site_id][rk.TRAIN_LOSS] if site_id in log.train else None,
+            }
+        global_eval = log.central_eval or {
+            "loss": log.federated_eval.get(rk.EVAL_LOSS),
+            "accuracy": log.federated_eval.get(rk.EVAL_ACCURACY),
+        }
+        out_rounds.append(
+            {
+                "round": log.round,
+                "loss": global_eval.get("loss"),
+                "accuracy": global_eval.get("accuracy"),
+                "federated_loss": log.federated_eval.get(rk.EVAL_LOSS),
+                "federated_accuracy": log.federated_eval.get(rk.EVAL_ACCURACY),
+                "sites_asked": log.sites_asked,
+                "failures": log.failures,
+                "seconds": round(log.seconds, 3),
+                "sites": sites,
+            }
+        )
+    final_round = out_rounds[-1] if out_rounds else {}
+    return {
+        "scenario": cfg.scenario,
+        "dp": cfg.dp,
+        "accountant": "prv" if cfg.dp else None,
+        "unit_of_privacy": "one record at one site (add/remove-one)",
+        "epsilon_budget": cfg.epsilon if cfg.dp else None,
+        "delta": cfg.delta if cfg.dp else None,
+        "accuracy_scored_on": "server test set" if cfg.centralized_eval else "sites' validation splits",
+        "rounds": out_rounds,
+        "final": {
+            "round": final_round.get("round"),
+            "accuracy": final_round.get("accuracy"),
+            "loss": final_round.get("loss"),
+            "federated_accuracy": final_round.get("federated_accuracy"),
+            "sites": {
+                str(s): {
+                    "records": records.get(s),
+                    "epsilon": final_round["sites"][str(s)]["epsilon"] if final_round else None,
+                    "delta": cfg.delta if cfg.dp else None,
+                    "dp_steps": final_round["sites"][str(s)]["dp_steps"] if final_round else 0,
+                }
+                for s in range(num_sites)
+            },
+        },
+    }
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / METRICS_FILE
+    _atomic_write(path, json.dumps(metrics, indent=2).encode())
+    return path
+
+
+def write_config(out: Path, cfg: RunConfig) -> Path:
+    import tomli_w
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CONFIG_FILE
+    header = b"# Resolved configuration of this run; re-run with: fedshield simulate --scenario " + str(
+        path
+    ).encode() + b"\n"
+    _atomic_write(path, header + tomli_w.dumps(cfg.to_flat()).encode())
+    return path
+
+
+def write_model(out: Path, state_dict: dict) -> Path:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    path = out / MODEL_FILE
+    _atomic_write(path, buf.getvalue())
+    return path
+
+
+def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r["round"] for r in metrics["rounds"]]
+    fig, (ax_acc, ax_eps) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax_acc.plot(rounds, [r["accuracy"] for r in metrics["rounds"]], marker="o", label="global model")
+    fed = [r["federated_accuracy"] for r in metrics["rounds"]]
+    if any(v is not None for v in fed) and metrics["accuracy_scored_on"] == "server test set":
+        ax_acc.plot(rounds, [v if v is not None else float("nan") for v in fed], marker=".", linestyle="--",
+                    label="sites' validation (federated)")
+    ax_acc.set_xlabel("round")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_title(f"Accuracy ({metrics['accuracy_scored_on']})")
+    ax_acc.grid(alpha=0.3)
+    ax_acc.legend(loc="lower right")
+    if metrics["dp"]:
+        for site in metrics["final"]["sites"]:
+            ax_eps.plot(rounds, [r["sites"][site]["epsilon"] for r in metrics["rounds"]], marker=".",
+                        label=f"site {site}")
+        ax_eps.axhline(metrics["epsilon_budget"], color="red", linestyle=":", label="budget")
+        ax_eps.set_title(f"Cumulative epsilon per site (delta={metrics['delta']:g}, PRV)")
+        ax_eps.legend(fontsize="small", ncol=2)
+    else:
+        ax_eps.text(0.5, 0.5, "trained without DP:\nno privacy guarantee", ha="center", va="center",
+                    transform=ax_eps.transAxes)
+        ax_eps.set_title("Cumulative epsilon per site")
+    ax_eps.set_xlabel("round")
+    ax_eps.set_ylabel("epsilon")
+    ax_eps.grid(alpha=0.3)
+    fig.suptitle(f"fedshield — {metrics['scenario']}")
+    fig.tight_layout()
+    path = out / PLOT_FILE
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

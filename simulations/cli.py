@@ -1,0 +1,135 @@
+"""The ``fedshield`` command line.
+
+User mistakes (bad paths, columns, values) end with one ``fedshield: error: ...`` line and
+exit status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.errors import FedshieldError
+from simulations import scenarios
+
+# CLI flag -> config key; every flag is optional and overrides the scenario file.
+_FLAGS: dict[str, tuple[type, str]] = {
+    "sites": (int, "number of simulated sites"),
+    "rounds": (int, "federated rounds"),
+    "epsilon": (float, "privacy budget per site for the whole job (with --delta)"),
+    "delta": (float, "delta of the (epsilon, delta) guarantee"),
+    "noise-multiplier": (float, "use this noise multiplier instead of calibrating to --epsilon"),
+    "max-grad-norm": (float, "per-example clipping bound"),
+    "seed": (int, "seed for partitioning, initialisation and noise"),
+    "strategy": (str, "fedavg, fedprox or fedadam"),
+    "fraction-train": (float, "fraction of sites sampled per round"),
+    "partition": (str, "iid, dirichlet or quantity"),
+    "alpha": (float, "Dirichlet concentration for label/quantity skew"),
+    "dataset": (str, "sklearn:breast_cancer, sklearn:digits, synthetic:credit, csv, npz, image-folder"),
+    "data-path": (str, "data file or folder for csv / npz / image-folder"),
+    "label-column": (str, "label column of a CSV file"),
+    "local-epochs": (float, "local passes over the data per round"),
+    "batch-size": (int, "expected batch size (Poisson sampling)"),
+    "learning-rate": (float, "local learning rate"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedshield", description="Privacy-preserving federated learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run a scenario with simulated sites on this machine")
+    sim.add_argument("--scenario", default=scenarios.DEFAULT_SCENARIO,
+                     help=f"scenario name ({', '.join(scenarios.available())}) or path to a .toml file")
+    sim.add_argument("--out", help="output folder (default: runs/<scenario>)")
+    sim.add_argument("--no-dp", action="store_true", help="train without differential privacy (no guarantee)")
+    sim.add_argument("--compare-no-dp", action="store_true",
+                     help="also run the same scenario without DP and show both accuracies")
+    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="set any scenario setting, e.g. --set hidden=32 (repeatable)")
+    for flag, (kind, help_text) in _FLAGS.items():
+        sim.add_argument(f"--{flag}", type=kind, help=help_text)
+    sub.add_parser("scenarios", help="list the shipped scenarios")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    cfg = scenarios.load_scenario(args.scenario)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FedshieldError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    for flag in _FLAGS:
+        value = getattr(args, flag.replace("-", "_"))
+        if value is not None:
+            overrides[flag] = value
+    if args.no_dp:
+        overrides["dp"] = False
+    if args.epsilon is not None and args.noise_multiplier is None:
+        overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
+    overrides["out"] = args.out or f"runs/{cfg.scenario}"
+    return cfg.merged(overrides, source="command line")
+
+
+def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+    lines = []
+    final = metrics["final"]
+    if metrics["dp"]:
+        lines.append(f"{'site':>4}  {'records':>7}  {'epsilon spent':>13}  {'budget':>6}  {'delta':>7}  {'steps':>5}")
+        for site, s in final["sites"].items():
+            records = s["records"] if s["records"] is not None else "-"
+            lines.append(
+                f"{site:>4}  {records:>7}  {s['epsilon']:>13.3f}  {metrics['epsilon_budget']:>6g}  "
+                f"{s['delta']:>7.0e}  {s['dp_steps']:>5}"
+            )
+    else:
+        lines.append(f"{'site':>4}  {'records':>7}  privacy")
+        for site, s in final["sites"].items():
+            lines.append(f"{site:>4}  {s['records'] if s['records'] is not None else '-':>7}  none (trained without DP)")
+    where = metrics["accuracy_scored_on"]
+    label = "private model" if metrics["dp"] else "non-private model"
+    lines.append(f"final accuracy, {label}: {final['accuracy']:.3f}  ({where})")
+    if baseline is not None:
+        lines.append(f"final accuracy, same run without DP: {baseline['final']['accuracy']:.3f}")
+    elif metrics["dp"]:
+        lines.append("for the same run without DP, add --compare-no-dp (or run with --no-dp)")
+    return "\n".join(lines)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulations.harness import simulate
+
+    cfg = resolve_config(args)
+    print(f"fedshield: scenario {cfg.scenario}, {cfg.sites} sites, {cfg.rounds} rounds, "
+          + (f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP")
+          + f", output in {cfg.out}", file=sys.stderr, flush=True)
+    metrics = simulate(cfg)
+    baseline = None
+    if args.compare_no_dp and cfg.dp:
+        print("fedshield: the same run without DP, for comparison", file=sys.stderr, flush=True)
+        baseline = simulate(cfg.replace(dp=False, out=str(Path(cfg.out) / "no-dp")))
+    print(format_summary(metrics, baseline))
+    print(f"results: {Path(cfg.out) / 'metrics.json'}, plot: {Path(cfg.out) / 'training.png'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "scenarios":
+            for name in scenarios.available():
+                print(name)
+            return 0
+        return _simulate(args)
+    except FedshieldError as exc:
+        print(f"fedshield: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

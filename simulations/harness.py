@@ -1,0 +1,86 @@
+"""Run a whole federation on one machine with Flower's simulation engine (Ray backend).
+
+Each site is a virtual SuperNode running the real ClientApp; the real ServerApp drives the
+rounds. Every site rebuilds its own partition from the config (seeded), so no data crosses
+process boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.errors import FedshieldError
+from common.federation import model_spec, server_test_set, site_partitions
+from server import report
+
+# Offline by default: Flower's telemetry would try to reach the internet.
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+
+class SimulationFailed(FedshieldError):
+    """No site could train: the reason reported by the sites is in the message."""
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Load and split the data in this process first, so that a user mistake (missing file,
+    bad column, too many sites) is reported as one clear line before any worker starts."""
+    model_spec(cfg)
+    server_test_set(cfg)
+    site_partitions(cfg, cfg.sites)
+
+
+def _backend_config(cfg: RunConfig) -> dict[str, Any]:
+    import torch
+
+    cpus = os.cpu_count() or 1
+    gpus = 1.0 / min(cfg.sites, 4) if torch.cuda.is_available() else 0.0
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": gpus},
+        "init_args": {
+            "num_cpus": cpus,
+            "num_gpus": 1 if gpus else 0,
+            "logging_level": "ERROR",
+            "log_to_driver": True,
+            "include_dashboard": False,
+        },
+    }
+
+
+def simulate(cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run ``cfg`` with ``cfg.sites`` simulated sites; return the metrics written to ``cfg.out``."""
+    from flwr.simulation import run_simulation
+
+    from client.app import make_client_app
+    from server.app import make_server_app
+
+    check_inputs(cfg)
+    out = Path(cfg.out)
+    metrics_path = out / report.METRICS_FILE
+    if metrics_path.exists():
+        metrics_path.unlink()  # never report a previous run's numbers as this run's
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.WARNING)
+    try:
+        run_simulation(
+            server_app=make_server_app(cfg, progress=progress),
+            client_app=make_client_app(cfg),
+            num_supernodes=cfg.sites,
+            backend_config=_backend_config(cfg),
+        )
+    finally:
+        flwr_logger.setLevel(level)
+    if not metrics_path.exists():
+        raise SimulationFailed(f"the simulation ended without writing {metrics_path}; see the log above")
+    metrics = json.loads(metrics_path.read_text())
+    trained = [r for r in metrics["rounds"] if any(s["trained"] for s in r["sites"].values())]
+    if not trained:
+        reasons = [f for r in metrics["rounds"] for f in r["failures"]]
+        raise SimulationFailed("no site trained in any round" + (f": {reasons[0]}" if reasons else ""))
+    return metrics

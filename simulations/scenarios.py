@@ -1,0 +1,47 @@
+"""Scenario files: ``simulations/scenarios/NAME.toml``, flat kebab-case settings.
+
+A scenario file may set any setting of :class:`~common.config.RunConfig`; command-line
+options override it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from common.config import RunConfig
+from common.errors import ConfigError
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+DEFAULT_SCENARIO = "hospitals-tabular"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in SCENARIO_DIR.glob("*.toml"))
+
+
+def scenario_path(name: str) -> Path:
+    """A scenario by name (from the shipped folder) or by path to a ``.toml`` file."""
+    if name.endswith(".toml") or "/" in name:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"{path}: scenario file not found")
+        return path
+    path = SCENARIO_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown scenario {name!r}; available: {', '.join(available())}")
+    return path
+
+
+def load_scenario(name: str) -> RunConfig:
+    path = scenario_path(name)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    values.pop("description", None)
+    nested = [k for k, v in values.items() if isinstance(v, dict)]
+    if nested:
+        raise ConfigError(f"{path}: settings must be flat key = value pairs, found section [{nested[0]}]")
+    values.setdefault("scenario", path.stem)
+    return RunConfig.from_flat(values, source=str(path))
