@@ -74,7 +74,8 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     metrics: dict[str, float | int] = {
         rk.NUM_EXAMPLES: result.num_examples,
         rk.SITE_ID: site.site_id,
-        rk.TRAIN_LOSS: result.train_loss,
+        # No training loss: it is computed from the training records without noise, so
+        # releasing it would leak outside the DP guarantee.
     }
     if result.event is not None:
         history = [*history, result.event]

@@ -149,7 +149,10 @@ def train_local(
             optimizer.zero_grad(set_to_none=True)
             if len(yb) > 0:
                 loss = loss_fn(model(xb), yb)
-                loss.backward()
+                with warnings.catch_warnings():
+                    # Opacus's hooks fire on module outputs when inputs need no grad: expected.
+                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                    loss.backward()
                 total_loss += float(loss.detach())
                 batches += 1
             else:

@@ -85,9 +85,14 @@ def epsilon(
     if accountant is Accountant.PRV:
         from opacus.accountants import PRVAccountant
 
+        import numpy as np
+
         acc = PRVAccountant()
         acc.history = _merged(history)
-        return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
+        # At sample rate 1 the PRV code takes log(1 - q) = log(0) = -inf on purpose; the
+        # result is exact, only numpy's warning is silenced.
+        with np.errstate(divide="ignore"):
+            return float(acc.get_epsilon(delta=delta, eps_error=PRV_EPS_ERROR))
     return _dp_accounting_epsilon(history, delta=delta, accountant=accountant)
 
 

@@ -9,7 +9,6 @@ METRICS = "metrics"  # MetricRecord: a site's reply
 SERVER_ROUND = "server-round"
 NUM_EXAMPLES = "num-examples"  # FedAvg weights by this
 SITE_ID = "site-id"
-TRAIN_LOSS = "train-loss"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 # Privacy accounting of a site (cumulative over every step it has taken in this job):

@@ -39,7 +39,6 @@ def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> 
                 "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,
                 "delta": cfg.delta if cfg.dp else None,
                 "dp_steps": int(prev.get(rk.DP_STEPS, 0)),
-                "train_loss": log.train[site_id][rk.TRAIN_LOSS] if site_id in log.train else None,
             }
         global_eval = log.central_eval or {
             "loss": log.federated_eval.get(rk.EVAL_LOSS),

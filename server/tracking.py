@@ -18,8 +18,7 @@ from flwr.serverapp.strategy import Strategy
 
 from common import records as rk
 
-_SITE_TRAIN_KEYS = (rk.EPSILON, rk.DELTA, rk.DP_STEPS, rk.NOISE_MULTIPLIER, rk.SAMPLE_RATE, rk.TRAIN_LOSS,
-                    rk.NUM_EXAMPLES)
+_SITE_TRAIN_KEYS = (rk.EPSILON, rk.DELTA, rk.DP_STEPS, rk.NOISE_MULTIPLIER, rk.SAMPLE_RATE, rk.NUM_EXAMPLES)
 
 
 @dataclass

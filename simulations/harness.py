@@ -21,6 +21,16 @@ from server import report
 
 # Offline by default: Flower's telemetry would try to reach the internet.
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# Keep Ray's current device-visibility behaviour without its FutureWarning on every run.
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+class _DropDeprecationNotice(logging.Filter):
+    """Flower marks the in-process simulation API deprecated; we use it on purpose (one
+    process, no SuperLink) and say so in the README, so the notice is not repeated per run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "run_simulation` function is deprecated" not in record.getMessage()
 
 
 class SimulationFailed(FedshieldError):
@@ -67,6 +77,9 @@ def simulate(cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -
     flwr_logger = logging.getLogger("flwr")
     level = flwr_logger.level
     flwr_logger.setLevel(logging.WARNING)
+    notice_filter = _DropDeprecationNotice()
+    for handler in flwr_logger.handlers:
+        handler.addFilter(notice_filter)
     try:
         run_simulation(
             server_app=make_server_app(cfg, progress=progress),
@@ -76,6 +89,8 @@ def simulate(cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -
         )
     finally:
         flwr_logger.setLevel(level)
+        for handler in flwr_logger.handlers:
+            handler.removeFilter(notice_filter)
     if not metrics_path.exists():
         raise SimulationFailed(f"the simulation ended without writing {metrics_path}; see the log above")
     metrics = json.loads(metrics_path.read_text())
