@@ -69,7 +69,11 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     history = load_history(context.state)
     privacy = PrivacyPlan(_noise_multiplier(cfg, site, context), cfg.max_grad_norm) if cfg.dp else None
     result = train_local(
-        model, site.train, _plan(cfg), privacy=privacy, seed=(cfg.seed * 1_000_003 + site.site_id * 1_009 + server_round) % 2**31
+        model,
+        site.train,
+        _plan(cfg),
+        privacy=privacy,
+        seed=(cfg.seed * 1_000_003 + site.site_id * 1_009 + server_round) % 2**31,
     )
     metrics: dict[str, float | int] = {
         rk.NUM_EXAMPLES: result.num_examples,

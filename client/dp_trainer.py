@@ -138,9 +138,7 @@ def train_local(
             noise_generator=generator,
         )
     else:
-        loader = DataLoader(
-            _tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=generator
-        )
+        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=generator)
 
     model.train()
     total_loss, batches, done = 0.0, 0, 0

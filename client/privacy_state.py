@@ -19,8 +19,7 @@ def load_history(state: RecordDict) -> list[DpSgdEvent]:
         return []
     rec = state[_KEY]
     return [
-        DpSgdEvent(float(s), float(q), int(t))
-        for s, q, t in zip(rec["noise"], rec["rate"], rec["steps"], strict=True)
+        DpSgdEvent(float(s), float(q), int(t)) for s, q, t in zip(rec["noise"], rec["rate"], rec["steps"], strict=True)
     ]
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from common.errors import ConfigError
 
@@ -28,7 +28,7 @@ PRV_EPS_ERROR = 0.01
 _SIGMA_MAX = 1e4
 
 
-class Accountant(str, Enum):
+class Accountant(StrEnum):
     PRV = "prv"  # Opacus PRV (reported, enforced)
     RDP = "rdp"  # dp-accounting RDP (cross-check)
     PLD = "pld"  # dp-accounting PLD (cross-check)
@@ -72,9 +72,7 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
 
 
-def epsilon(
-    history: Sequence[DpSgdEvent], *, delta: float, accountant: Accountant = Accountant.PRV
-) -> float:
+def epsilon(history: Sequence[DpSgdEvent], *, delta: float, accountant: Accountant = Accountant.PRV) -> float:
     """Epsilon of the composition of every event in ``history`` at ``delta``.
 
     An empty history has spent nothing: 0.0.
@@ -83,9 +81,8 @@ def epsilon(
     if not history:
         return 0.0
     if accountant is Accountant.PRV:
-        from opacus.accountants import PRVAccountant
-
         import numpy as np
+        from opacus.accountants import PRVAccountant
 
         acc = PRVAccountant()
         acc.history = _merged(history)
@@ -137,9 +134,7 @@ def calibrate_noise(
         return epsilon([*prior, DpSgdEvent(sigma, sample_rate, steps)], delta=delta)
 
     if epsilon(prior, delta=delta) >= target_epsilon:
-        raise ConfigError(
-            f"the budget epsilon={target_epsilon:g} is already used by earlier training; nothing is left"
-        )
+        raise ConfigError(f"the budget epsilon={target_epsilon:g} is already used by earlier training; nothing is left")
     low, high = 0.0, 1.0
     while spent(high) > target_epsilon:
         low, high = high, high * 2.0

@@ -11,13 +11,13 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from common.errors import ConfigError
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
     FEDADAM = "fedadam"
@@ -73,8 +73,12 @@ class RunConfig:
         _check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         _check(self.epsilon > 0, "epsilon", "must be > 0", self.epsilon)
         _check(0 < self.delta < 1, "delta", "must be in (0, 1)", self.delta)
-        _check(self.noise_multiplier >= 0, "noise-multiplier", "must be >= 0 (0 = calibrate to epsilon)",
-               self.noise_multiplier)
+        _check(
+            self.noise_multiplier >= 0,
+            "noise-multiplier",
+            "must be >= 0 (0 = calibrate to epsilon)",
+            self.noise_multiplier,
+        )
         _check(self.max_grad_norm > 0, "max-grad-norm", "must be > 0", self.max_grad_norm)
         _check(0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)", self.test_fraction)
         _check(0 < self.val_fraction < 1, "val-fraction", "must be in (0, 1)", self.val_fraction)
@@ -88,11 +92,19 @@ class RunConfig:
         _check(self.batch_size >= 1, "batch-size", "must be >= 1", self.batch_size)
         _check(self.learning_rate > 0, "learning-rate", "must be > 0", self.learning_rate)
         _check(self.synthetic_records >= 10, "synthetic-records", "must be >= 10", self.synthetic_records)
-        _check(self.partition in {"iid", "dirichlet", "quantity"}, "partition",
-               "must be one of iid, dirichlet, quantity", self.partition)
+        _check(
+            self.partition in {"iid", "dirichlet", "quantity"},
+            "partition",
+            "must be one of iid, dirichlet, quantity",
+            self.partition,
+        )
         _check(self.model in {"mlp", "cnn"}, "model", "must be one of mlp, cnn", self.model)
-        _check(self.strategy in {s.value for s in Strategy}, "strategy",
-               "must be one of fedavg, fedprox, fedadam", self.strategy)
+        _check(
+            self.strategy in {s.value for s in Strategy},
+            "strategy",
+            "must be one of fedavg, fedprox, fedadam",
+            self.strategy,
+        )
         for key, value in (("hidden", self.hidden), ("channels", self.channels)):
             try:
                 widths = _int_list(value)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 from common.errors import DataError
 
 
-class Modality(str, Enum):
+class Modality(StrEnum):
     """What a record looks like: a feature vector or an image (C, H, W)."""
 
     TABULAR = "tabular"
@@ -50,9 +50,7 @@ class Dataset:
         return Dataset(x.astype(np.float32), self.y, self.num_classes, self.modality, self.source)
 
 
-def stratified_split(
-    y: np.ndarray, fraction: float, *, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(y: np.ndarray, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Split indices into (rest, held_out) with ``fraction`` of every class held out.
 
     Each class keeps at least one record on the "rest" side when it has more than one.

@@ -84,9 +84,7 @@ def table_from_rows(
 ) -> Dataset:
     """Turn string cells (``(line_number, cells)`` pairs) into a tabular :class:`Dataset`."""
     if label_column not in header:
-        raise DataError(
-            f"{source}: label column {label_column!r} not found; columns are {', '.join(header)}"
-        )
+        raise DataError(f"{source}: label column {label_column!r} not found; columns are {', '.join(header)}")
     for col in categorical_columns:
         if col not in header:
             raise DataError(f"{source}: categorical column {col!r} not found; columns are {', '.join(header)}")

@@ -7,13 +7,13 @@ Normalisation is GroupNorm (images); tabular models need none.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import nn
 
 
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     MLP = "mlp"
     CNN = "cnn"
 

@@ -7,7 +7,7 @@ every record exactly once. The same seed always gives the same partition.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from common.errors import DataError
 _MAX_TRIES = 100
 
 
-class PartitionKind(str, Enum):
+class PartitionKind(StrEnum):
     IID = "iid"
     DIRICHLET = "dirichlet"  # label skew: each class spread over sites by Dirichlet(alpha)
     QUANTITY = "quantity"  # size skew: site sizes drawn from Dirichlet(alpha), labels IID

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
 
+from common import records as rk
 from common.config import RunConfig
 from common.config import Strategy as StrategyKind
 from common.evaluation import evaluate
@@ -23,9 +24,34 @@ from server.tracking import SiteTracking
 log = logging.getLogger(__name__)
 
 
+def summarize_train(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Round summary for Flower's log: the largest cumulative epsilon any site reports (an
+    average of epsilons would mean nothing) and how many sites trained."""
+    metrics = [r[rk.METRICS] for r in replies]
+    out: dict[str, float | int] = {"sites-trained": len(metrics)}
+    eps = [float(m[rk.EPSILON]) for m in metrics if rk.EPSILON in m]
+    if eps:
+        out["epsilon-max"] = max(eps)
+    return MetricRecord(out)
+
+
+def summarize_evaluate(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+    """Example-weighted mean of the sites' validation loss and accuracy."""
+    metrics = [r[rk.METRICS] for r in replies]
+    total = sum(float(m[weighted_by_key]) for m in metrics)
+    return MetricRecord(
+        {
+            key: sum(float(m[key]) * float(m[weighted_by_key]) for m in metrics) / total
+            for key in (rk.EVAL_LOSS, rk.EVAL_ACCURACY)
+        }
+    )
+
+
 def build_strategy(cfg: RunConfig) -> Strategy:
     """FedAvg, FedProx or FedAdam from Flower, sampling ``fraction-train`` of the sites."""
     common: dict[str, Any] = {
+        "train_metrics_aggr_fn": summarize_train,
+        "evaluate_metrics_aggr_fn": summarize_evaluate,
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": 1,
@@ -40,9 +66,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     return FedAvg(**common)
 
 
-def central_evaluation(
-    cfg: RunConfig, tracking: SiteTracking
-) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+def central_evaluation(cfg: RunConfig, tracking: SiteTracking) -> Callable[[int, ArrayRecord], MetricRecord | None]:
     """Score the global model on the server's own test set (when enabled) after each round."""
     test = server_test_set(cfg) if cfg.centralized_eval else None
     spec = model_spec(cfg)

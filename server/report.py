@@ -106,9 +106,11 @@ def write_config(out: Path, cfg: RunConfig) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE
-    header = b"# Resolved configuration of this run; re-run with: fedshield simulate --scenario " + str(
-        path
-    ).encode() + b"\n"
+    header = (
+        b"# Resolved configuration of this run; re-run with: fedshield simulate --scenario "
+        + str(path).encode()
+        + b"\n"
+    )
     _atomic_write(path, header + tomli_w.dumps(cfg.to_flat()).encode())
     return path
 
@@ -136,8 +138,13 @@ def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
     ax_acc.plot(rounds, [r["accuracy"] for r in metrics["rounds"]], marker="o", label="global model")
     fed = [r["federated_accuracy"] for r in metrics["rounds"]]
     if any(v is not None for v in fed) and metrics["accuracy_scored_on"] == "server test set":
-        ax_acc.plot(rounds, [v if v is not None else float("nan") for v in fed], marker=".", linestyle="--",
-                    label="sites' validation (federated)")
+        ax_acc.plot(
+            rounds,
+            [v if v is not None else float("nan") for v in fed],
+            marker=".",
+            linestyle="--",
+            label="sites' validation (federated)",
+        )
     ax_acc.set_xlabel("round")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_title(f"Accuracy ({metrics['accuracy_scored_on']})")
@@ -145,18 +152,25 @@ def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
     ax_acc.legend(loc="lower right")
     if metrics["dp"]:
         for site in metrics["final"]["sites"]:
-            ax_eps.plot(rounds, [r["sites"][site]["epsilon"] for r in metrics["rounds"]], marker=".",
-                        label=f"site {site}")
+            ax_eps.plot(
+                rounds, [r["sites"][site]["epsilon"] for r in metrics["rounds"]], marker=".", label=f"site {site}"
+            )
         ax_eps.axhline(metrics["epsilon_budget"], color="red", linestyle=":", label="budget")
         ax_eps.set_title(f"Cumulative epsilon per site (delta={metrics['delta']:g}, PRV)")
         ax_eps.legend(fontsize="small", ncol=2)
     else:
-        ax_eps.text(0.5, 0.5, "trained without DP:\nno privacy guarantee", ha="center", va="center",
-                    transform=ax_eps.transAxes)
+        ax_eps.text(
+            0.5, 0.5, "trained without DP:\nno privacy guarantee", ha="center", va="center", transform=ax_eps.transAxes
+        )
         ax_eps.set_title("Cumulative epsilon per site")
     ax_eps.set_xlabel("round")
     ax_eps.set_ylabel("epsilon")
     ax_eps.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_acc, ax_eps):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_eps.set_ylim(bottom=0)
     fig.suptitle(f"fedshield — {metrics['scenario']}")
     fig.tight_layout()
     path = out / PLOT_FILE

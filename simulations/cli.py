@@ -42,14 +42,23 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedshield", description="Privacy-preserving federated learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a scenario with simulated sites on this machine")
-    sim.add_argument("--scenario", default=scenarios.DEFAULT_SCENARIO,
-                     help=f"scenario name ({', '.join(scenarios.available())}) or path to a .toml file")
+    sim.add_argument(
+        "--scenario",
+        default=scenarios.DEFAULT_SCENARIO,
+        help=f"scenario name ({', '.join(scenarios.available())}) or path to a .toml file",
+    )
     sim.add_argument("--out", help="output folder (default: runs/<scenario>)")
     sim.add_argument("--no-dp", action="store_true", help="train without differential privacy (no guarantee)")
-    sim.add_argument("--compare-no-dp", action="store_true",
-                     help="also run the same scenario without DP and show both accuracies")
-    sim.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="set any scenario setting, e.g. --set hidden=32 (repeatable)")
+    sim.add_argument(
+        "--compare-no-dp", action="store_true", help="also run the same scenario without DP and show both accuracies"
+    )
+    sim.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set any scenario setting, e.g. --set hidden=32 (repeatable)",
+    )
     for flag, (kind, help_text) in _FLAGS.items():
         sim.add_argument(f"--{flag}", type=kind, help=help_text)
     sub.add_parser("scenarios", help="list the shipped scenarios")
@@ -90,7 +99,9 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
     else:
         lines.append(f"{'site':>4}  {'records':>7}  privacy")
         for site, s in final["sites"].items():
-            lines.append(f"{site:>4}  {s['records'] if s['records'] is not None else '-':>7}  none (trained without DP)")
+            lines.append(
+                f"{site:>4}  {s['records'] if s['records'] is not None else '-':>7}  none (trained without DP)"
+            )
     where = metrics["accuracy_scored_on"]
     label = "private model" if metrics["dp"] else "non-private model"
     lines.append(f"final accuracy, {label}: {final['accuracy']:.3f}  ({where})")
@@ -105,9 +116,13 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulations.harness import simulate
 
     cfg = resolve_config(args)
-    print(f"fedshield: scenario {cfg.scenario}, {cfg.sites} sites, {cfg.rounds} rounds, "
-          + (f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP")
-          + f", output in {cfg.out}", file=sys.stderr, flush=True)
+    print(
+        f"fedshield: scenario {cfg.scenario}, {cfg.sites} sites, {cfg.rounds} rounds, "
+        + (f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP")
+        + f", output in {cfg.out}",
+        file=sys.stderr,
+        flush=True,
+    )
     metrics = simulate(cfg)
     baseline = None
     if args.compare_no_dp and cfg.dp:
