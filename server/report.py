@@ -39,6 +39,9 @@ def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> 
                 "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,
                 "delta": cfg.delta if cfg.dp else None,
                 "dp_steps": int(prev.get(rk.DP_STEPS, 0)),
+                # The mechanism of this round's steps, so epsilon can be recomputed:
+                "noise_multiplier": log.train[site_id].get(rk.NOISE_MULTIPLIER) if site_id in log.train else None,
+                "sample_rate": log.train[site_id].get(rk.SAMPLE_RATE) if site_id in log.train else None,
             }
         global_eval = log.central_eval or {
             "loss": log.federated_eval.get(rk.EVAL_LOSS),

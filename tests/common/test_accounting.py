@@ -1,0 +1,109 @@
+"""Accounting: epsilon composes every step, never decreases, matches a fresh accountant and an
+independent implementation; calibrated noise never overshoots the target."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants import PRVAccountant
+
+from common.accounting import Accountant, DpSgdEvent, calibrate_noise, epsilon
+from common.errors import ConfigError
+
+DELTA = 1e-5
+
+rounds_st = st.lists(
+    st.builds(
+        DpSgdEvent,
+        noise_multiplier=st.floats(0.6, 8.0),
+        sample_rate=st.floats(0.01, 1.0),
+        steps=st.integers(1, 40),
+    ),
+    min_size=1,
+    max_size=5,
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(rounds_st)
+def test_epsilon_never_decreases_across_rounds(history: list[DpSgdEvent]) -> None:
+    spent = [epsilon(history[: r + 1], delta=DELTA) for r in range(len(history))]
+    assert all(b >= a - 1e-9 for a, b in zip(spent, spent[1:], strict=False))
+
+
+@settings(max_examples=10, deadline=None)
+@given(rounds_st)
+def test_history_epsilon_equals_a_fresh_accountant_stepped_through_every_step(history: list[DpSgdEvent]) -> None:
+    fresh = PRVAccountant()
+    for event in history:
+        for _ in range(event.steps):
+            fresh.step(noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate)
+    assert epsilon(history, delta=DELTA) == pytest.approx(fresh.get_epsilon(delta=DELTA, eps_error=0.01), rel=1e-9)
+
+
+def test_empty_history_spent_nothing() -> None:
+    assert epsilon([], delta=DELTA) == 0.0
+
+
+def test_later_round_is_the_composition_not_the_last_round() -> None:
+    one_round = DpSgdEvent(2.0, 0.1, 50)
+    assert epsilon([one_round, one_round], delta=DELTA) > 1.2 * epsilon([one_round], delta=DELTA)
+
+
+@pytest.mark.parametrize("sigma, q, steps", [(1.0, 0.05, 200), (2.0, 0.2, 50), (4.0, 1.0, 5), (0.8, 0.01, 1000)])
+def test_prv_agrees_with_independent_dp_accounting(sigma: float, q: float, steps: int) -> None:
+    history = [DpSgdEvent(sigma, q, steps)]
+    prv = epsilon(history, delta=DELTA)
+    pld = epsilon(history, delta=DELTA, accountant=Accountant.PLD)
+    rdp = epsilon(history, delta=DELTA, accountant=Accountant.RDP)
+    assert prv == pytest.approx(pld, rel=0.05, abs=0.02)
+    assert rdp >= pld - 0.02  # RDP is a looser upper bound than the (tight) PLD
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    target=st.floats(0.3, 10.0),
+    q=st.floats(0.02, 1.0),
+    steps=st.integers(1, 200),
+)
+def test_calibrated_noise_never_overshoots(target: float, q: float, steps: int) -> None:
+    sigma = calibrate_noise(target_epsilon=target, delta=DELTA, sample_rate=q, steps=steps)
+    spent = epsilon([DpSgdEvent(sigma, q, steps)], delta=DELTA)
+    assert spent <= target
+    assert spent >= target - 0.05 or sigma < 0.02  # and it is not wastefully noisy
+
+
+def test_calibration_accounts_for_prior_spend() -> None:
+    prior = [DpSgdEvent(3.0, 0.1, 100)]
+    sigma = calibrate_noise(target_epsilon=3.0, delta=DELTA, sample_rate=0.1, steps=100, prior=prior)
+    assert epsilon([*prior, DpSgdEvent(sigma, 0.1, 100)], delta=DELTA) <= 3.0
+    assert sigma > calibrate_noise(target_epsilon=3.0, delta=DELTA, sample_rate=0.1, steps=100)
+
+
+def test_calibration_rejects_non_positive_epsilon() -> None:
+    with pytest.raises(ConfigError, match=r"epsilon must be > 0, got -1"):
+        calibrate_noise(target_epsilon=-1.0, delta=DELTA, sample_rate=0.1, steps=10)
+
+
+def test_calibration_refuses_when_prior_spend_exhausts_budget() -> None:
+    with pytest.raises(ConfigError, match="already used"):
+        calibrate_noise(
+            target_epsilon=0.5, delta=DELTA, sample_rate=1.0, steps=1, prior=[DpSgdEvent(0.7, 1.0, 10)]
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"noise_multiplier": 0.0, "sample_rate": 0.1, "steps": 1}, "noise_multiplier must be > 0, got 0.0"),
+        ({"noise_multiplier": 1.0, "sample_rate": 1.5, "steps": 1}, r"sample_rate must be in \(0, 1\], got 1.5"),
+        ({"noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 0}, "steps must be >= 1, got 0"),
+        ({"noise_multiplier": math.nan, "sample_rate": 0.1, "steps": 1}, "noise_multiplier must be > 0"),
+    ],
+)
+def test_event_validates_itself(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DpSgdEvent(**kwargs)

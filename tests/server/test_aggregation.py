@@ -1,0 +1,80 @@
+"""Aggregation through the tracking wrapper equals numpy.average, and per-site reports are kept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common import records as rk
+from common.config import RunConfig
+from server.app import build_strategy, summarize_evaluate
+from server.tracking import SiteTracking
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    # Flower messages need a task identity; the runtime sets it, a unit test must.
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def _reply(site: int, weights: list[np.ndarray], n: int, eps: float) -> Message:
+    request = Message(RecordDict({rk.CONFIG: ConfigRecord({})}), dst_node_id=100 + site, message_type=MessageType.TRAIN)
+    metrics = MetricRecord({rk.NUM_EXAMPLES: n, rk.SITE_ID: site, rk.EPSILON: eps, rk.DP_STEPS: 3})
+    return Message(RecordDict({rk.ARRAYS: ArrayRecord(numpy_ndarrays=weights), rk.METRICS: metrics}), reply_to=request)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 500), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_fedavg_equals_numpy_average(sizes: list[int], seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    updates = [[rng.normal(size=(3, 2)).astype(np.float32), rng.normal(size=4).astype(np.float32)] for _ in sizes]
+    tracking = SiteTracking(build_strategy(RunConfig()), num_rounds=1, progress=lambda _: None)
+    replies = [_reply(i, u, n, 0.1 * i) for i, (u, n) in enumerate(zip(updates, sizes, strict=True))]
+    arrays, metrics = tracking.aggregate_train(1, replies)
+    got = arrays.to_numpy_ndarrays()
+    for k in range(2):
+        expected = np.average(np.stack([u[k] for u in updates]), axis=0, weights=sizes)
+        np.testing.assert_allclose(got[k], expected, rtol=1e-5, atol=1e-6)
+    # Per-site reports are kept as sent; the log summary reports the largest epsilon.
+    assert {s: v[rk.EPSILON] for s, v in tracking.rounds[0].train.items()} == pytest.approx(
+        {i: 0.1 * i for i in range(len(sizes))}
+    )
+    assert metrics["epsilon-max"] == pytest.approx(0.1 * (len(sizes) - 1))
+    assert metrics["sites-trained"] == len(sizes)
+
+
+def test_failed_replies_are_recorded_and_skipped() -> None:
+    from flwr.app import Error
+
+    request = Message(RecordDict({}), dst_node_id=7, message_type=MessageType.TRAIN)
+    failed = Message(Error(code=0, reason="site went offline"), reply_to=request)
+    ok = _reply(0, [np.ones(2, dtype=np.float32)], 10, 0.5)
+    tracking = SiteTracking(build_strategy(RunConfig()), num_rounds=1, progress=lambda _: None)
+    arrays, _ = tracking.aggregate_train(1, [ok, failed])
+    np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], np.ones(2))
+    assert list(tracking.rounds[0].train) == [0]
+    assert "site went offline" in tracking.rounds[0].failures[0]
+
+
+def test_federated_evaluation_is_example_weighted() -> None:
+    replies = [
+        RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 10, rk.EVAL_LOSS: 1.0, rk.EVAL_ACCURACY: 0.5})}),
+        RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 30, rk.EVAL_LOSS: 2.0, rk.EVAL_ACCURACY: 0.9})}),
+    ]
+    out = summarize_evaluate(replies, rk.NUM_EXAMPLES)
+    assert out[rk.EVAL_ACCURACY] == pytest.approx(np.average([0.5, 0.9], weights=[10, 30]))
+    assert out[rk.EVAL_LOSS] == pytest.approx(np.average([1.0, 2.0], weights=[10, 30]))
+
+
+@pytest.mark.parametrize("name, cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])
+def test_strategies_are_selectable(name: str, cls: str) -> None:
+    strategy = build_strategy(RunConfig(strategy=name, fraction_train=0.4))
+    assert type(strategy).__name__ == cls
+    assert strategy.fraction_train == 0.4
