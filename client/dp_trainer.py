@@ -112,7 +112,9 @@ def train_local(
     model = copy.deepcopy(model).to(device)
     global_params = [p.detach().clone() for p in model.parameters()]
     sample_rate, steps = sampling(len(data), plan)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    # Sampling draws indices on the CPU; noise is drawn where the gradients live.
+    sampling_rng = torch.Generator().manual_seed(seed)
+    noise_rng = torch.Generator(device=device).manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -127,7 +129,7 @@ def train_local(
             # Only this call's secure-RNG notice: the simulation seeds noise for reproducibility.
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="prv")
-        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, generator=generator)
+        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, generator=sampling_rng)
         model, optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
@@ -135,10 +137,10 @@ def train_local(
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=generator,
+            noise_generator=noise_rng,
         )
     else:
-        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=generator)
+        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
     model.train()
     total_loss, batches, done = 0.0, 0, 0

@@ -53,9 +53,7 @@ def _brute_force_clipped_mean(model: nn.Module, data: Dataset, bound: float) -> 
     return torch.stack(clipped).sum(0) / len(data), torch.stack(norms)
 
 
-@pytest.mark.parametrize(
-    "kind, data", [(ModelKind.MLP, _tabular()), (ModelKind.CNN, _images())], ids=["mlp", "cnn"]
-)
+@pytest.mark.parametrize("kind, data", [(ModelKind.MLP, _tabular()), (ModelKind.CNN, _images())], ids=["mlp", "cnn"])
 def test_update_equals_brute_force_clipped_mean(kind: ModelKind, data: Dataset) -> None:
     spec = ModelSpec(kind, data.record_shape, data.num_classes, hidden=(8,), channels=(4, 8))
     model = build_model(spec, seed=3)
