@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -69,6 +70,10 @@ class RunConfig:
     out: str = "runs/latest"
 
     def __post_init__(self) -> None:
+        for f in _fields():
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name.replace('_', '-')} must be a finite number, got {value!r}")
         _check(self.sites >= 1, "sites", "must be >= 1", self.sites)
         _check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
         _check(self.epsilon > 0, "epsilon", "must be > 0", self.epsilon)

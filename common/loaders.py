@@ -16,6 +16,7 @@ import numpy as np
 from common.dataset import Dataset, Modality
 from common.errors import DataError
 
+_MISSING = {"na", "n/a", "null", "none"}  # "nan" in a feature is reported as NaN below
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -104,11 +105,13 @@ def table_from_rows(
         if len(cells) != len(header):
             raise DataError(f"{source}: line {line} has {len(cells)} cells, header has {len(header)}")
         label = cells[label_idx].strip()
-        if label == "" or label.lower() in {"nan", "na", "null"}:
+        if label == "" or label.lower() in _MISSING | {"nan"}:
             raise DataError(f"{source}: line {line}, column {label_column!r}: missing label")
         labels_raw.append(label)
         for j, col in enumerate(num_idx):
             cell = cells[col].strip()
+            if cell == "" or cell.lower() in _MISSING:
+                raise DataError(f"{source}: line {line}, column {header[col]!r}: missing value {cell!r}")
             try:
                 value = float(cell)
             except ValueError:
@@ -158,11 +161,17 @@ def _images_to_chw(images: np.ndarray, source: str) -> np.ndarray:
         images = np.transpose(images, (0, 3, 1, 2))  # MedMNIST stores (N, H, W, C)
     else:
         raise DataError(f"{source}: images must have shape (N, H, W) or (N, H, W, C), got {images.shape}")
+    integer = np.issubdtype(images.dtype, np.integer)
     images = images.astype(np.float32)
     if not np.all(np.isfinite(images)):
         raise DataError(f"{source}: images contain NaN or infinite values")
-    if images.max(initial=0.0) > 1.0:
-        images = images / 255.0
+    if integer:
+        return images / 255.0  # 8-bit pixels, whatever the largest value in this split
+    if images.min(initial=0.0) < 0.0 or images.max(initial=0.0) > 1.0:
+        raise DataError(
+            f"{source}: float images must lie in [0, 1] (or store uint8 pixels), "
+            f"found values in [{images.min():g}, {images.max():g}]"
+        )
     return images
 
 

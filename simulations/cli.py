@@ -113,9 +113,10 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.harness import simulate
+    from simulations.harness import check_inputs, simulate
 
     cfg = resolve_config(args)
+    check_inputs(cfg)  # a bad file or value fails here, before anything is announced or started
     print(
         f"fedshield: scenario {cfg.scenario}, {cfg.sites} sites, {cfg.rounds} rounds, "
         + (f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP")

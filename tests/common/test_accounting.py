@@ -90,9 +90,7 @@ def test_calibration_rejects_non_positive_epsilon() -> None:
 
 def test_calibration_refuses_when_prior_spend_exhausts_budget() -> None:
     with pytest.raises(ConfigError, match="already used"):
-        calibrate_noise(
-            target_epsilon=0.5, delta=DELTA, sample_rate=1.0, steps=1, prior=[DpSgdEvent(0.7, 1.0, 10)]
-        )
+        calibrate_noise(target_epsilon=0.5, delta=DELTA, sample_rate=1.0, steps=1, prior=[DpSgdEvent(0.7, 1.0, 10)])
 
 
 @pytest.mark.parametrize(
