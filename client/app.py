@@ -9,20 +9,26 @@ evaluate: score the global model on the site's own held-out validation records.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.budget import Budget, decide
 from client.dp_trainer import LocalPlan, PrivacyPlan, evaluate, sampling, train_local
-from client.privacy_state import load_history, save_history
+from client.site_ledger import SiteLedger, simulation_paths
 from common import records as rk
-from common.accounting import calibrate_noise, epsilon
+from common.accounting import DpSgdEvent, calibrate_noise
 from common.config import RunConfig, Strategy
+from common.errors import ConfigError
 from common.federation import SiteData, model_spec, site_data
+from common.hashing import arrays_sha256, dataset_fingerprint
 from common.models import build_model
 
 _SIGMA_KEY = "fedshield.noise"
+_META_KEY = "fedshield.dataset"
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,19 +47,46 @@ def _plan(cfg: RunConfig) -> LocalPlan:
     return LocalPlan(cfg.local_epochs, cfg.batch_size, cfg.learning_rate, proximal_mu=mu)
 
 
-def _noise_multiplier(cfg: RunConfig, site: SiteData, context: Context) -> float:
-    """The site's noise for this job: given directly, or calibrated once (and kept) so that
-    all planned rounds together spend at most the target epsilon."""
+@dataclass(frozen=True)
+class DatasetMeta:
+    fingerprint: str
+    records: int
+
+
+def _dataset_meta(context: Context, cfg: RunConfig, site_id: int, num_sites: int) -> DatasetMeta:
+    """The site's dataset fingerprint and size, computed once and kept in the node state, so
+    the budget check needs no access to the records."""
+    if _META_KEY not in context.state:
+        train = site_data(cfg, site_id, num_sites).train
+        context.state[_META_KEY] = ConfigRecord({"fingerprint": dataset_fingerprint(train), "records": len(train)})
+    rec = context.state[_META_KEY]
+    return DatasetMeta(str(rec["fingerprint"]), int(rec["records"]))
+
+
+def _noise_multiplier(
+    cfg: RunConfig, ledger: SiteLedger, meta: DatasetMeta, job: str, budget: Budget, context: Context
+) -> float | None:
+    """The site's noise for this job: given directly, or calibrated once per job so that the
+    spend of earlier jobs on this dataset plus all planned rounds of this one stays within the
+    budget. ``None`` when no noise level fits (nothing left)."""
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
-    if _SIGMA_KEY in context.state:
-        return float(context.state[_SIGMA_KEY]["sigma"])
-    sample_rate, steps = sampling(len(site.train), _plan(cfg))
-    sigma = calibrate_noise(
-        target_epsilon=cfg.epsilon, delta=cfg.delta, sample_rate=sample_rate, steps=steps * cfg.rounds
-    )
-    context.state[_SIGMA_KEY] = ConfigRecord({"sigma": sigma})
-    return sigma
+    cached = context.state.get(_SIGMA_KEY)
+    if cached is not None and cached["job"] == job:
+        return float(cached["sigma"]) if cached["sigma"] > 0 else None
+    sample_rate, steps = sampling(meta.records, _plan(cfg))
+    try:
+        sigma = calibrate_noise(
+            target_epsilon=budget.epsilon,
+            delta=budget.delta,
+            sample_rate=sample_rate,
+            steps=steps * cfg.rounds,
+            prior=ledger.spend(meta.fingerprint, exclude_job=job).events,
+        )
+    except ConfigError:
+        sigma = 0.0
+    context.state[_SIGMA_KEY] = ConfigRecord({"job": job, "sigma": sigma})
+    return sigma if sigma > 0 else None
 
 
 def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
@@ -62,38 +95,89 @@ def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
+def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float) -> Message:
+    metrics = MetricRecord({rk.SITE_ID: site_id, rk.REFUSED: 1, rk.EPSILON: spent})
+    refusal = ConfigRecord({rk.SITE_NAME: site, rk.REASON: reason})
+    return Message(RecordDict({rk.METRICS: metrics, rk.REFUSAL: refusal}), reply_to=msg)
+
+
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
-    site = _node_site(context, cfg)
+    site_id = int(context.node_config["partition-id"])
+    num_sites = int(context.node_config["num-partitions"])
+    site = f"site-{site_id}"
+    config = msg.content[rk.CONFIG]
+    server_round = int(config[rk.SERVER_ROUND])
+    job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
+    meta = _dataset_meta(context, cfg, site_id, num_sites)
+    ledger = SiteLedger(simulation_paths(Path(cfg.state_path), site), site)
+    budget = Budget(cfg.budget_epsilon(site), cfg.delta)
+    entry_common = {
+        "job": job,
+        "server_round": server_round,
+        "dataset": meta.fingerprint,
+        "records": meta.records,
+        "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
+    }
+    plan = _plan(cfg)
+    history: list[DpSgdEvent] = []
+    privacy = None
+    planned_epsilon = float("nan")
+    if cfg.dp:
+        # The veto: decided from the ledger and the planned mechanism, before the data is read.
+        spend = ledger.spend(meta.fingerprint)
+        history = spend.events
+        if spend.non_private_jobs:
+            reason = f"budget void: job {spend.non_private_jobs[0]} released updates from this dataset without DP"
+            ledger.record_refusal(**entry_common, reason=reason, spent=float("inf"))
+            return _refusal(msg, site_id, site, reason, float("inf"))
+        sigma = _noise_multiplier(cfg, ledger, meta, job, budget, context)
+        sample_rate, steps = sampling(meta.records, plan)
+        decision = decide(history, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, budget)
+        if not decision.allowed:
+            ledger.record_refusal(**entry_common, reason=decision.reason, spent=decision.spent)
+            return _refusal(msg, site_id, site, decision.reason, decision.spent)
+        privacy = PrivacyPlan(sigma, cfg.max_grad_norm)
+        planned_epsilon = decision.after
+
     model = _global_model(msg, cfg)
-    server_round = int(msg.content[rk.CONFIG][rk.SERVER_ROUND])
-    history = load_history(context.state)
-    privacy = PrivacyPlan(_noise_multiplier(cfg, site, context), cfg.max_grad_norm) if cfg.dp else None
-    result = train_local(
-        model,
-        site.train,
-        _plan(cfg),
-        privacy=privacy,
-        seed=(cfg.seed * 1_000_003 + site.site_id * 1_009 + server_round) % 2**31,
-    )
+    train = site_data(cfg, site_id, num_sites).train
+    seed = (cfg.seed * 1_000_003 + site_id * 1_009 + server_round) % 2**31
+    result = train_local(model, train, plan, privacy=privacy, seed=seed)
+    names = list(model.state_dict().keys())
+    update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
     metrics: dict[str, float | int] = {
         rk.NUM_EXAMPLES: result.num_examples,
-        rk.SITE_ID: site.site_id,
+        rk.SITE_ID: site_id,
         # No training loss: it is computed from the training records without noise, so
         # releasing it would leak outside the DP guarantee.
     }
+    spent = float("nan")
     if result.event is not None:
         history = [*history, result.event]
-        save_history(context.state, history)
+        # The trainer checks that the event run is the event planned, so the veto's figure
+        # for "after" is exactly the composition of the updated history.
+        spent = planned_epsilon
         metrics |= {
-            rk.EPSILON: epsilon(history, delta=cfg.delta),
+            rk.EPSILON: spent,
             rk.DELTA: cfg.delta,
             rk.DP_STEPS: sum(e.steps for e in history),
             rk.NOISE_MULTIPLIER: result.event.noise_multiplier,
             rk.SAMPLE_RATE: result.event.sample_rate,
         }
-    keys = list(model.state_dict().keys())
-    arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(keys, result.weights, strict=True)})
-    return Message(RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics)}), reply_to=msg)
+    # Durably on disk before the update leaves the site.
+    ledger.record_training(
+        **entry_common,
+        event=result.event,
+        max_grad_norm=cfg.max_grad_norm,
+        delta=cfg.delta,
+        epsilon=spent,
+        update_sha256=update_sha256,
+    )
+    arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
+    report = ConfigRecord({rk.SITE_NAME: site, rk.UPDATE_SHA256: update_sha256})
+    return Message(
+        RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: report}), reply_to=msg
+    )
 
 
 def handle_evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:

@@ -65,7 +65,11 @@ class RunConfig:
     delta: float = 1e-5
     noise_multiplier: float = 0.0  # > 0: use it directly; 0: calibrate to epsilon
     max_grad_norm: float = 1.0
+    # Per-site budgets overriding `epsilon`: "site-0=0.5,site-3=2.0" (simulation; a deployed
+    # site sets its own budget in its node config).
+    site_budgets: str = ""
     # bookkeeping
+    state_dir: str = ""  # where sites and server keep keys and ledgers; "" = inside `out`
     seed: int = 0
     out: str = "runs/latest"
 
@@ -117,7 +121,32 @@ class RunConfig:
                 raise ConfigError(f"{key} must be comma-separated positive integers, got {value!r}") from None
             _check(all(w > 0 for w in widths), key, "must be comma-separated positive integers", value)
 
+        try:
+            budgets = self.budgets
+        except ValueError:
+            raise ConfigError(f"site-budgets must look like 'site-0=0.5,site-3=2', got {self.site_budgets!r}") from None
+        for site, eps in budgets.items():
+            _check(eps > 0 and math.isfinite(eps), "site-budgets", f"epsilon of {site} must be > 0", eps)
+
     # Derived, typed views -------------------------------------------------------------
+    @property
+    def budgets(self) -> dict[str, float]:
+        out = {}
+        for item in filter(None, (part.strip() for part in self.site_budgets.split(","))):
+            site, sep, value = item.partition("=")
+            if not sep or not site.strip():
+                raise ValueError(item)
+            out[site.strip()] = float(value)
+        return out
+
+    def budget_epsilon(self, site: str) -> float:
+        """The site's epsilon budget (at ``delta``) for its dataset, across every job."""
+        return self.budgets.get(site, self.epsilon)
+
+    @property
+    def state_path(self) -> str:
+        return self.state_dir or self.out
+
     @property
     def hidden_layers(self) -> tuple[int, ...]:
         return _int_list(self.hidden)

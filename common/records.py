@@ -17,3 +17,11 @@ DELTA = "delta"
 DP_STEPS = "dp-steps"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
+
+JOB_ID = "job-id"  # in the train config: the job a round belongs to (ledgers record it)
+REFUSED = "refused"  # metric = 1 when a site vetoed the round
+REFUSAL = "refusal"  # ConfigRecord with SITE_NAME and REASON
+SITE_REPORT = "site-report"  # ConfigRecord with SITE_NAME and UPDATE_SHA256
+SITE_NAME = "site"
+REASON = "reason"
+UPDATE_SHA256 = "update-sha256"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from common.evaluation import evaluate
 from common.federation import model_spec, server_test_set
 from common.models import build_model
 from server import report
+from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import SiteTracking
 
 log = logging.getLogger(__name__)
@@ -92,7 +95,10 @@ def run_server(
     report.write_config(out, cfg)
     num_sites = len(list(grid.get_node_ids()))
     model = build_model(model_spec(cfg), seed=cfg.seed)
-    tracking = SiteTracking(build_strategy(cfg), num_rounds=cfg.rounds, progress=progress)
+    job = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    ledger = ServerLedger(simulation_paths(Path(cfg.state_path)))
+    ledger.record_job(job=job, settings=cfg.to_flat())
+    tracking = SiteTracking(build_strategy(cfg), num_rounds=cfg.rounds, job=job, ledger=ledger, progress=progress)
     result = tracking.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
@@ -100,7 +106,9 @@ def run_server(
         train_config=ConfigRecord({}),
         evaluate_fn=central_evaluation(cfg, tracking),
     )
-    metrics = report.build_metrics(cfg, tracking.rounds, num_sites=num_sites)
+    metrics = report.build_metrics(
+        cfg, tracking.rounds, num_sites=num_sites, job=job, stopped_after=tracking.stopped_after
+    )
     report.write_metrics(out, metrics)
     report.write_model(out, result.arrays.to_torch_state_dict() if result.arrays else model.state_dict())
     report.write_plot(out, metrics)

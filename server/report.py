@@ -22,7 +22,9 @@ MODEL_FILE = "model.pt"
 PLOT_FILE = "training.png"
 
 
-def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> dict[str, Any]:
+def build_metrics(
+    cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int, job: str = "", stopped_after: int | None = None
+) -> dict[str, Any]:
     """The metrics document: one entry per round, and a ``final`` section."""
     last_site: dict[int, dict[str, float]] = {}
     records: dict[int, int] = {}
@@ -36,6 +38,7 @@ def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> 
             prev = last_site.get(site_id, {})
             sites[str(site_id)] = {
                 "trained": site_id in log.train,
+                "refused": log.refusals.get(site_id),
                 "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,
                 "delta": cfg.delta if cfg.dp else None,
                 "dp_steps": int(prev.get(rk.DP_STEPS, 0)),
@@ -61,12 +64,15 @@ def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> 
             }
         )
     final_round = out_rounds[-1] if out_rounds else {}
+    refusals = {s: sum(1 for log in rounds if s in log.refusals) for s in range(num_sites)}
     return {
         "scenario": cfg.scenario,
+        "job": job,
+        "stopped_after_round": stopped_after,
         "dp": cfg.dp,
         "accountant": "prv" if cfg.dp else None,
         "unit_of_privacy": "one record at one site (add/remove-one)",
-        "epsilon_budget": cfg.epsilon if cfg.dp else None,
+        "epsilon_budget": cfg.epsilon if cfg.dp else None,  # default; per-site in final.sites
         "delta": cfg.delta if cfg.dp else None,
         "accuracy_scored_on": "server test set" if cfg.centralized_eval else "sites' validation splits",
         "rounds": out_rounds,
@@ -81,6 +87,8 @@ def build_metrics(cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int) -> 
                     "epsilon": final_round["sites"][str(s)]["epsilon"] if final_round else None,
                     "delta": cfg.delta if cfg.dp else None,
                     "dp_steps": final_round["sites"][str(s)]["dp_steps"] if final_round else 0,
+                    "budget": cfg.budget_epsilon(f"site-{s}") if cfg.dp else None,
+                    "refusals": refusals[s],
                 }
                 for s in range(num_sites)
             },

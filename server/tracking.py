@@ -1,8 +1,11 @@
-"""A strategy wrapper that keeps each site's per-round report (privacy spent, loss, accuracy).
+"""A strategy wrapper that keeps each site's per-round report, handles refusals, and writes
+the server ledger.
 
 Flower's strategies average metrics across sites; an auditor needs them per site. The wrapper
-reads the replies before the wrapped strategy aggregates them and changes nothing about
-aggregation. It also prints one progress line per round.
+reads the replies before the wrapped strategy aggregates them and changes nothing about how
+updates are aggregated. Refusals (a site vetoing a round to stay within its budget) are
+normal: they are recorded, left out of aggregation, and the round goes on with the others.
+Once every site has refused, no more rounds are sent and the job ends cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import records as rk
+from common.hashing import arrays_sha256
+from server.server_ledger import ServerLedger
 
 _SITE_TRAIN_KEYS = (rk.EPSILON, rk.DELTA, rk.DP_STEPS, rk.NOISE_MULTIPLIER, rk.SAMPLE_RATE, rk.NUM_EXAMPLES)
 
@@ -26,6 +31,7 @@ class RoundLog:
     round: int
     sites_asked: int = 0
     train: dict[int, dict[str, float]] = field(default_factory=dict)  # site id -> metrics
+    refusals: dict[int, str] = field(default_factory=dict)  # site id -> reason
     failures: list[str] = field(default_factory=list)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     federated_eval: dict[str, float] = field(default_factory=dict)
@@ -33,13 +39,30 @@ class RoundLog:
     seconds: float = 0.0
 
 
+def arrays_hash(arrays: ArrayRecord) -> str:
+    return arrays_sha256(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
+
+
 class SiteTracking(Strategy):
     """Delegates every decision to ``inner``; records per-site replies round by round."""
 
-    def __init__(self, inner: Strategy, *, num_rounds: int, progress: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        num_rounds: int,
+        job: str = "",
+        ledger: ServerLedger | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
         self.inner = inner
         self.num_rounds = num_rounds
+        self.job = job
+        self.ledger = ledger
         self.rounds: list[RoundLog] = []
+        self.exhausted: set[int] = set()  # node ids of sites that refused for lack of budget
+        self.stopped_after: int | None = None
+        self._asked: list[int] = []
         self._progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
         self._t0 = time.monotonic()
 
@@ -48,33 +71,84 @@ class SiteTracking(Strategy):
             self.rounds.append(RoundLog(server_round))
         return self.rounds[-1]
 
+    @property
+    def stopped(self) -> bool:
+        return self.stopped_after is not None
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self._t0 = time.monotonic()
-        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if not self.stopped and self.exhausted and self.exhausted >= set(grid.get_node_ids()):
+            self.stopped_after = server_round - 1
+            self._progress(f"stopping after round {server_round - 1}: every site has refused (budget exhausted)")
+        if self.stopped:
+            return []
+        config[rk.JOB_ID] = self.job
+        # A site that refused for lack of budget would only refuse again: don't ask it.
+        messages = [
+            m
+            for m in self.inner.configure_train(server_round, arrays, config, grid)
+            if m.metadata.dst_node_id not in self.exhausted
+        ]
+        self._asked = [m.metadata.dst_node_id for m in messages]
         self._log(server_round).sites_asked = len(messages)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
         log = self._log(server_round)
+        updates, updated, refused, dropped = [], [], [], []
         for msg in replies:
+            node = msg.metadata.src_node_id
             if msg.has_error():
-                log.failures.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
+                log.failures.append(f"node {node}: {msg.error.reason}")
+                dropped.append({"node": node, "reason": msg.error.reason})
                 continue
             m = msg.content[rk.METRICS]
-            log.train[int(m[rk.SITE_ID])] = {k: float(m[k]) for k in _SITE_TRAIN_KEYS if k in m}
-        return self.inner.aggregate_train(server_round, replies)
+            site_id = int(m[rk.SITE_ID])
+            if rk.REFUSAL in msg.content:
+                refusal = msg.content[rk.REFUSAL]
+                log.refusals[site_id] = str(refusal[rk.REASON])
+                self.exhausted.add(node)
+                refused.append({"site": str(refusal[rk.SITE_NAME]), "node": node, "reason": str(refusal[rk.REASON])})
+                continue
+            log.train[site_id] = {k: float(m[k]) for k in _SITE_TRAIN_KEYS if k in m}
+            site = str(msg.content[rk.SITE_REPORT][rk.SITE_NAME]) if rk.SITE_REPORT in msg.content else str(site_id)
+            # The hash of the update as received, computed here (not taken from the site).
+            updated.append(
+                {
+                    "site": site,
+                    "node": node,
+                    "update_sha256": arrays_hash(msg.content[rk.ARRAYS]),
+                    "num_examples": int(m[rk.NUM_EXAMPLES]),
+                }
+            )
+            updates.append(msg)
+        arrays, metrics = self.inner.aggregate_train(server_round, updates) if updates else (None, None)
+        if self.ledger is not None:
+            self.ledger.record_round(
+                job=self.job,
+                server_round=server_round,
+                asked=self._asked,
+                updated=updated,
+                refused=refused,
+                dropped=dropped,
+                aggregate_sha256=arrays_hash(arrays) if arrays is not None else None,
+            )
+        return arrays, metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        if self.stopped:
+            return []
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        if self.stopped:
+            return None
         replies = list(replies)
         log = self._log(server_round)
         for msg in replies:
@@ -91,7 +165,7 @@ class SiteTracking(Strategy):
 
     def record_central(self, server_round: int, metrics: dict[str, float]) -> None:
         """Called by the centralized evaluation; closes the round's progress line."""
-        if server_round == 0:
+        if server_round == 0 or self.stopped:
             return
         log = self._log(server_round)
         log.central_eval = metrics
@@ -104,6 +178,8 @@ class SiteTracking(Strategy):
 
 def progress_line(log: RoundLog, num_rounds: int) -> str:
     parts = [f"round {log.round}/{num_rounds}", f"{len(log.train)}/{log.sites_asked} sites trained"]
+    if log.refusals:
+        parts.append(f"{len(log.refusals)} refused")
     eps = [m[rk.EPSILON] for m in log.train.values() if rk.EPSILON in m]
     if eps:
         parts.append(f"max epsilon {max(eps):.3f}")

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from audit import cli as audit_cli
 from common.config import RunConfig
 from common.errors import FedshieldError
-from simulations import scenarios
+from simulations import keys_cli, scenarios
 
 # CLI flag -> config key; every flag is optional and overrides the scenario file.
 _FLAGS: dict[str, tuple[type, str]] = {
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     for flag, (kind, help_text) in _FLAGS.items():
         sim.add_argument(f"--{flag}", type=kind, help=help_text)
     sub.add_parser("scenarios", help="list the shipped scenarios")
+    audit_cli.add_parser(sub)
+    keys_cli.add_parser(sub)
     return parser
 
 
@@ -81,7 +84,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides["dp"] = False
     if args.epsilon is not None and args.noise_multiplier is None:
         overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
-    overrides["out"] = args.out or f"runs/{cfg.scenario}"
+    # Absolute: the simulated sites run in worker processes that may not share our cwd.
+    overrides["out"] = str(Path(args.out or f"runs/{cfg.scenario}").resolve())
     return cfg.merged(overrides, source="command line")
 
 
@@ -141,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in scenarios.available():
                 print(name)
             return 0
+        if args.command == "audit":
+            return audit_cli.main(args)
+        if args.command == "keys":
+            return keys_cli.main(args)
         return _simulate(args)
     except FedshieldError as exc:
         print(f"fedshield: error: {exc}", file=sys.stderr)

@@ -1,0 +1,26 @@
+"""Content hashes that both sides compute identically: of a model update and of a dataset."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import numpy as np
+
+from common.dataset import Dataset
+
+
+def arrays_sha256(named: Iterable[tuple[str, np.ndarray]]) -> str:
+    """SHA-256 over (name, dtype, shape, bytes) of each array, in the given order."""
+    digest = hashlib.sha256()
+    for name, array in named:
+        array = np.ascontiguousarray(array)
+        digest.update(name.encode() + b"\0" + array.dtype.str.encode() + b"\0" + repr(array.shape).encode() + b"\0")
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def dataset_fingerprint(data: Dataset) -> str:
+    """Content fingerprint of a site's training records: the same records give the same
+    fingerprint in every job, so a budget spans every job ever run on them."""
+    return arrays_sha256([("x", data.x), ("y", data.y)])

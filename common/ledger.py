@@ -1,0 +1,161 @@
+"""Append-only, hash-chained, Ed25519-signed JSON-lines ledgers.
+
+One entry per line. Each entry carries ``seq`` (0, 1, 2, ...), ``prev`` (the previous entry's
+hash; 64 zeros for the first), ``hash`` (SHA-256 of the entry's canonical JSON without
+``hash`` and ``sig``) and ``sig`` (the owner's Ed25519 signature of ``hash``). Changing,
+deleting, reordering or duplicating an entry breaks the chain or a hash; an entry appended
+without the owner's private key has no valid signature.
+
+Durability: an entry is written with one ``write`` on an ``O_APPEND`` descriptor and
+``fsync``-ed before :meth:`Ledger.append` returns, so the caller can release what the entry
+describes only after it is on disk. A crash mid-write can only leave a torn *last* line;
+earlier entries are never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from common import keys
+from common.errors import FedshieldError
+
+GENESIS = "0" * 64
+_RESERVED = ("seq", "prev", "hash", "sig")
+
+
+class LedgerError(FedshieldError):
+    """The ledger file is damaged or fails verification; the message names file and entry."""
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def entry_hash(entry: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in entry.items() if k not in ("hash", "sig")})).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    entries: list[dict[str, Any]]
+    torn_tail: bytes  # bytes after the last newline (a crash mid-write); b"" when clean
+
+
+def read_entries(path: Path) -> ReadResult:
+    """Parse every complete line; report (not raise) a torn last line. Malformed complete
+    lines raise :class:`LedgerError` naming the line."""
+    if not path.is_file():
+        raise LedgerError(f"{path}: ledger not found")
+    data = path.read_bytes()
+    body, sep, tail = data.rpartition(b"\n")
+    if not sep:  # no newline at all: everything is a torn first line
+        body, tail = b"", data
+    entries = []
+    for number, line in enumerate(body.split(b"\n") if body else [], start=1):
+        try:
+            entry = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise LedgerError(f"{path}: line {number}: not a valid JSON entry") from None
+        if not isinstance(entry, dict):
+            raise LedgerError(f"{path}: line {number}: entry is not a JSON object")
+        entries.append(entry)
+    return ReadResult(entries, tail)
+
+
+def verify_entries(path: Path, entries: list[dict[str, Any]], public_key: Ed25519PublicKey | None) -> list[str]:
+    """Every problem found, each naming the file and the entry (line and seq). Empty = valid."""
+    problems = []
+    prev = GENESIS
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path}: line {number} (seq {entry.get('seq', '?')})"
+        if entry.get("seq") != number - 1:
+            problems.append(
+                f"{where}: sequence number {entry.get('seq')!r}, expected {number - 1} "
+                "(an entry was deleted, duplicated or reordered)"
+            )
+        if entry.get("prev") != prev:
+            problems.append(f"{where}: chain broken: prev does not match the hash of the entry before it")
+        try:
+            recomputed = entry_hash(entry)
+        except (TypeError, ValueError):
+            recomputed = None
+        if entry.get("hash") != recomputed:
+            problems.append(f"{where}: hash mismatch: the entry was changed after it was written")
+        if public_key is not None and not keys.verify(
+            public_key, str(entry.get("hash", "")).encode(), str(entry.get("sig", ""))
+        ):
+            problems.append(f"{where}: bad signature (not signed by the expected key)")
+        prev = str(entry.get("hash"))
+    return problems
+
+
+class Ledger:
+    """The owner's handle on its ledger: verified on open, appended durably."""
+
+    def __init__(self, path: Path, private_key: Ed25519PrivateKey, *, owner: str) -> None:
+        self.path = path
+        self.owner = owner
+        self._key = private_key
+        self.entries: list[dict[str, Any]] = []
+        self.recovered_tail = b""
+        if path.exists():
+            self._load()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _load(self) -> None:
+        result = read_entries(self.path)
+        if result.torn_tail:
+            # A crash mid-append: the torn entry's release never happened (entries are
+            # fsync-ed before release). Keep the bytes for forensics, then cut them off.
+            torn = self.path.with_name(self.path.name + ".torn")
+            with open(torn, "ab") as fh:
+                fh.write(result.torn_tail + b"\n")
+                os.fsync(fh.fileno())
+            with open(self.path, "r+b") as fh:
+                fh.truncate(self.path.stat().st_size - len(result.torn_tail))
+                os.fsync(fh.fileno())
+            self.recovered_tail = result.torn_tail
+        problems = verify_entries(self.path, result.entries, self._key.public_key())
+        if problems:
+            raise LedgerError(problems[0])
+        self.entries = result.entries
+
+    @property
+    def head(self) -> str:
+        return self.entries[-1]["hash"] if self.entries else GENESIS
+
+    def append(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Sign, chain and durably append one entry; returns it as written."""
+        clash = [k for k in _RESERVED if k in body]
+        if clash:
+            raise ValueError(f"entry body must not set {clash}")
+        entry: dict[str, Any] = {**body, "ledger": self.owner, "seq": len(self.entries), "prev": self.head}
+        entry["hash"] = entry_hash(entry)
+        entry["sig"] = keys.sign(self._key, entry["hash"].encode())
+        line = canonical(entry) + b"\n"
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(f"{self.path}: short write ({written} of {len(line)} bytes)")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        self.entries.append(entry)
+        return entry

@@ -1,0 +1,71 @@
+"""``fedshield keys``: create signing key pairs for sites and the server, and export the
+public halves for an auditor.
+
+Layout of DIR: ``DIR/private/<name>.key`` (0600, folder 0700) and ``DIR/public/<name>.pub``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from common import keys
+from common.errors import ConfigError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("keys", help="create and export Ed25519 key pairs for the ledgers")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    create = ksub.add_parser("create", help="create key pairs (existing ones are kept)")
+    create.add_argument("--dir", type=Path, required=True, help="key folder")
+    create.add_argument("--sites", default="", help="site names, comma-separated (e.g. site-0,site-1), or a count")
+    create.add_argument("--server", action="store_true", help="also create the server's key pair")
+    export = ksub.add_parser("export", help="copy the public keys (only) to a folder for the auditor")
+    export.add_argument("--dir", type=Path, required=True, help="key folder")
+    export.add_argument("--to", type=Path, required=True, help="destination folder")
+
+
+def _names(sites: str, server: bool) -> list[str]:
+    sites = sites.strip()
+    names = (
+        [f"site-{i}" for i in range(int(sites))]
+        if sites.isdigit()
+        else [s.strip() for s in sites.split(",") if s.strip()]
+    )
+    for name in names:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"--sites: site name {name!r} may only hold letters, digits, '-' and '_'")
+    if server:
+        names.append("server")
+    if not names:
+        raise ConfigError("nothing to create: give --sites and/or --server")
+    return names
+
+
+def main(args: argparse.Namespace) -> int:
+    private_dir, public_dir = args.dir / "private", args.dir / "public"
+    if args.keys_command == "create":
+        private_dir.mkdir(parents=True, exist_ok=True)
+        private_dir.chmod(0o700)
+        for name in _names(args.sites, args.server):
+            existed = (private_dir / f"{name}{keys.PRIVATE_SUFFIX}").exists()
+            key = keys.create_pair(
+                private_dir / f"{name}{keys.PRIVATE_SUFFIX}", public_dir / f"{name}{keys.PUBLIC_SUFFIX}"
+            )
+            state = "kept" if existed else "created"
+            print(
+                f"{name}: {state}, key id {keys.fingerprint(key.public_key())}  "
+                f"private {private_dir / (name + keys.PRIVATE_SUFFIX)}  public {public_dir / (name + '.pub')}"
+            )
+        print(f"Give the auditor the public keys only: fedshield keys export --dir {args.dir} --to AUDITOR_DIR")
+        return 0
+    pubs = sorted(public_dir.glob(f"*{keys.PUBLIC_SUFFIX}"))
+    if not pubs:
+        raise ConfigError(f"{public_dir}: no public keys to export (run 'fedshield keys create' first)")
+    args.to.mkdir(parents=True, exist_ok=True)
+    for pub in pubs:
+        keys.load_public(pub)  # refuse to export something that is not a public key
+        shutil.copyfile(pub, args.to / pub.name)
+        print(f"exported {pub.name}")
+    return 0
