@@ -98,6 +98,8 @@ class SiteTracking(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.stopped:
+            return None, None
         log = self._log(server_round)
         updates, updated, refused, dropped = [], [], [], []
         for msg in replies:

@@ -33,6 +33,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "dataset": (str, "sklearn:breast_cancer, sklearn:digits, synthetic:credit, csv, npz, image-folder"),
     "data-path": (str, "data file or folder for csv / npz / image-folder"),
     "label-column": (str, "label column of a CSV file"),
+    "site-budgets": (str, "per-site epsilon budgets overriding --epsilon, e.g. site-0=0.5,site-3=2"),
+    "state-dir": (str, "where sites and server keep keys and ledgers across jobs (default: --out)"),
     "local-epochs": (float, "local passes over the data per round"),
     "batch-size": (int, "expected batch size (Poisson sampling)"),
     "learning-rate": (float, "local learning rate"),
@@ -86,6 +88,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
     # Absolute: the simulated sites run in worker processes that may not share our cwd.
     overrides["out"] = str(Path(args.out or f"runs/{cfg.scenario}").resolve())
+    if args.state_dir:
+        overrides["state-dir"] = str(Path(args.state_dir).resolve())
     return cfg.merged(overrides, source="command line")
 
 

@@ -62,8 +62,14 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def simulate(cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run ``cfg`` with ``cfg.sites`` simulated sites; return the metrics written to ``cfg.out``."""
+def simulate(
+    cfg: RunConfig, *, site_cfg: RunConfig | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run ``cfg`` with ``cfg.sites`` simulated sites; return the metrics written to ``cfg.out``.
+
+    ``site_cfg`` are the sites' own settings (budgets, planned rounds, noise) when they differ
+    from the server's, as in a deployment where each site configures itself; default ``cfg``.
+    """
     from flwr.simulation import run_simulation
 
     from client.app import make_client_app
@@ -83,7 +89,7 @@ def simulate(cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -
     try:
         run_simulation(
             server_app=make_server_app(cfg, progress=progress),
-            client_app=make_client_app(cfg),
+            client_app=make_client_app(site_cfg or cfg),
             num_supernodes=cfg.sites,
             backend_config=_backend_config(cfg),
         )
@@ -95,7 +101,8 @@ def simulate(cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -
         raise SimulationFailed(f"the simulation ended without writing {metrics_path}; see the log above")
     metrics = json.loads(metrics_path.read_text())
     trained = [r for r in metrics["rounds"] if any(s["trained"] for s in r["sites"].values())]
-    if not trained:
+    refused = [r for r in metrics["rounds"] if any(s["refused"] for s in r["sites"].values())]
+    if not trained and not refused:  # every site refusing for lack of budget is a clean end
         reasons = [f for r in metrics["rounds"] for f in r["failures"]]
         raise SimulationFailed("no site trained in any round" + (f": {reasons[0]}" if reasons else ""))
     return metrics

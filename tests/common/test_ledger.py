@@ -1,0 +1,186 @@
+"""The ledger is tamper-evident: any change, deletion, reordering, duplication, key swap or
+forged append is detected and the message names the entry; torn writes are detected."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common import keys
+from common.ledger import GENESIS, Ledger, LedgerError, canonical, entry_hash, read_entries, verify_entries
+
+
+def _ledger(tmp_path: Path, n: int = 5) -> tuple[Path, keys.Ed25519PrivateKey]:
+    key = keys.generate()
+    path = tmp_path / "ledger.jsonl"
+    ledger = Ledger(path, key, owner="site-0")
+    for i in range(n):
+        ledger.append(
+            {
+                "kind": "train",
+                "job": "j1",
+                "round": i + 1,
+                "epsilon": 0.1 * (i + 1),
+                "mechanism": {"noise_multiplier": 1.1, "sample_rate": 0.5, "steps": 3},
+            }
+        )
+    return path, key
+
+
+def _rewrite(path: Path, entries: list[dict]) -> None:
+    path.write_bytes(b"".join(canonical(e) + b"\n" for e in entries))
+
+
+def _problems(path: Path, key: keys.Ed25519PrivateKey) -> list[str]:
+    return verify_entries(path, read_entries(path).entries, key.public_key())
+
+
+def test_untouched_ledger_verifies(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    entries = read_entries(path).entries
+    assert verify_entries(path, entries, key.public_key()) == []
+    assert entries[0]["prev"] == GENESIS and [e["seq"] for e in entries] == [0, 1, 2, 3, 4]
+    assert all(entries[i]["prev"] == entries[i - 1]["hash"] for i in range(1, 5))
+
+
+_FIELDS = ["kind", "job", "round", "epsilon", "mechanism", "seq", "prev", "hash", "sig", "ledger"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=st.integers(0, 4), field=st.sampled_from(_FIELDS))
+def test_changing_any_field_of_any_entry_is_detected(tmp_path: Path, index: int, field: str) -> None:
+    path, key = _ledger(tmp_path / f"{index}-{field}")
+    entries = read_entries(path).entries
+    value = entries[index][field]
+    if isinstance(value, str):
+        entries[index][field] = value[:-1] + ("0" if value[-1] != "0" else "1")
+    elif isinstance(value, dict):
+        entries[index][field] = {**value, "noise_multiplier": 0.5}
+    elif isinstance(value, int):
+        entries[index][field] = value + 1
+    else:
+        entries[index][field] = value * 0.5
+    _rewrite(path, entries)
+    problems = _problems(path, key)
+    assert problems, f"changing {field} of entry {index} went unnoticed"
+    assert any(f"line {index + 1} (seq" in p for p in problems), problems
+
+
+def test_deleting_an_entry_is_detected(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    entries = read_entries(path).entries
+    _rewrite(path, entries[:2] + entries[3:])
+    problems = _problems(path, key)
+    assert any("line 3 (seq 3)" in p and "sequence number 3, expected 2" in p for p in problems), problems
+    assert any("line 3 (seq 3)" in p and "chain broken" in p for p in problems)
+
+
+def test_deleting_the_first_entry_is_detected(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    _rewrite(path, read_entries(path).entries[1:])
+    assert any("line 1 (seq 1)" in p and "chain broken" in p for p in _problems(path, key))
+
+
+def test_reordering_entries_is_detected(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    e = read_entries(path).entries
+    _rewrite(path, [e[0], e[2], e[1], e[3], e[4]])
+    problems = _problems(path, key)
+    assert any("line 2 (seq 2)" in p for p in problems) and any("line 3 (seq 1)" in p for p in problems)
+
+
+def test_duplicating_an_entry_is_detected(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    e = read_entries(path).entries
+    _rewrite(path, [*e[:3], e[2], *e[3:]])
+    assert any("line 4 (seq 2)" in p and "expected 3" in p for p in _problems(path, key))
+
+
+def test_swapped_key_is_detected(tmp_path: Path) -> None:
+    path, _ = _ledger(tmp_path)
+    other = keys.generate()
+    problems = verify_entries(path, read_entries(path).entries, other.public_key())
+    assert len(problems) == 5 and all("bad signature" in p for p in problems)
+
+
+def test_ledger_resigned_with_another_key_is_detected(tmp_path: Path) -> None:
+    """An attacker rebuilds the whole chain consistently, but cannot sign with the site's key."""
+    path, key = _ledger(tmp_path)
+    forger = keys.generate()
+    entries = read_entries(path).entries
+    entries[1]["epsilon"] = 0.0001
+    prev = GENESIS
+    for e in entries:
+        e["prev"] = prev
+        e["hash"] = entry_hash(e)
+        e["sig"] = keys.sign(forger, e["hash"].encode())
+        prev = e["hash"]
+    _rewrite(path, entries)
+    problems = _problems(path, key)
+    assert problems and all("bad signature" in p for p in problems)
+
+
+def test_forged_appended_entry_is_detected(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    entries = read_entries(path).entries
+    forged = copy.deepcopy(entries[-1])
+    forged.update(seq=5, prev=entries[-1]["hash"], round=6, epsilon=0.01)
+    forged["hash"] = entry_hash(forged)
+    forged["sig"] = keys.sign(keys.generate(), forged["hash"].encode())
+    _rewrite(path, [*entries, forged])
+    problems = _problems(path, key)
+    assert problems == [f"{path}: line 6 (seq 5): bad signature (not signed by the expected key)"]
+
+
+def test_owner_refuses_to_open_a_tampered_ledger(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    entries = read_entries(path).entries
+    entries[2]["epsilon"] = 0.0
+    _rewrite(path, entries)
+    with pytest.raises(LedgerError, match=r"line 3 \(seq 2\): hash mismatch"):
+        Ledger(path, key, owner="site-0")
+
+
+def test_torn_last_line_is_detected_then_recovered_without_touching_earlier_entries(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path)
+    intact = path.read_bytes()
+    with open(path, "ab") as fh:  # a crash in the middle of writing entry 6
+        fh.write(b'{"kind":"train","job":"j1","rou')
+    result = read_entries(path)
+    assert result.torn_tail == b'{"kind":"train","job":"j1","rou' and len(result.entries) == 5
+    ledger = Ledger(path, key, owner="site-0")  # the owner reopens after the crash
+    assert ledger.recovered_tail == result.torn_tail
+    assert path.read_bytes() == intact
+    assert (tmp_path / "ledger.jsonl.torn").read_bytes().startswith(b'{"kind":"train"')
+    ledger.append({"kind": "train", "job": "j1", "round": 6})
+    assert _problems(path, key) == []
+
+
+def test_malformed_complete_line_names_the_line(tmp_path: Path) -> None:
+    path, _ = _ledger(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    lines[1] = b"{not json"
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(LedgerError, match=r"line 2: not a valid JSON entry"):
+        read_entries(path)
+
+
+def test_entries_are_on_disk_when_append_returns(tmp_path: Path) -> None:
+    key = keys.generate()
+    ledger = Ledger(tmp_path / "l.jsonl", key, owner="x")
+    entry = ledger.append({"kind": "train"})
+    assert json.loads((tmp_path / "l.jsonl").read_text().splitlines()[-1]) == entry
+
+
+def test_private_keys_are_owner_only(tmp_path: Path) -> None:
+    keys.create_pair(tmp_path / "a.key", tmp_path / "a.pub")
+    assert (tmp_path / "a.key").stat().st_mode & 0o777 == 0o600
+    assert (
+        keys.load_public(tmp_path / "a.pub").public_bytes_raw()
+        == keys.load_private(tmp_path / "a.key").public_key().public_bytes_raw()
+    )
