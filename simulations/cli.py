@@ -97,22 +97,27 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
     lines = []
     final = metrics["final"]
     if metrics["dp"]:
-        lines.append(f"{'site':>4}  {'records':>7}  {'epsilon spent':>13}  {'budget':>6}  {'delta':>7}  {'steps':>5}")
+        lines.append(
+            f"{'site':>4}  {'records':>7}  {'epsilon spent':>13}  {'budget':>6}  {'delta':>7}  {'steps':>5}"
+            f"  {'refused':>7}"
+        )
         for site, s in final["sites"].items():
             records = s["records"] if s["records"] is not None else "-"
             lines.append(
-                f"{site:>4}  {records:>7}  {s['epsilon']:>13.3f}  {metrics['epsilon_budget']:>6g}  "
-                f"{s['delta']:>7.0e}  {s['dp_steps']:>5}"
+                f"{site:>4}  {records:>7}  {s['epsilon']:>13.3f}  {s['budget']:>6g}  "
+                f"{s['delta']:>7.0e}  {s['dp_steps']:>5}  {s['refusals']:>7}"
             )
     else:
         lines.append(f"{'site':>4}  {'records':>7}  privacy")
         for site, s in final["sites"].items():
-            lines.append(
-                f"{site:>4}  {s['records'] if s['records'] is not None else '-':>7}  none (trained without DP)"
-            )
+            records = s["records"] if s["records"] is not None else "-"
+            lines.append(f"{site:>4}  {records:>7}  none (trained without DP)")
+    if metrics.get("stopped_after_round") is not None:
+        lines.append(f"stopped after round {metrics['stopped_after_round']}: every site refused (budget exhausted)")
     where = metrics["accuracy_scored_on"]
     label = "private model" if metrics["dp"] else "non-private model"
-    lines.append(f"final accuracy, {label}: {final['accuracy']:.3f}  ({where})")
+    if final["accuracy"] is not None:
+        lines.append(f"final accuracy, {label}: {final['accuracy']:.3f}  ({where})")
     if baseline is not None:
         lines.append(f"final accuracy, same run without DP: {baseline['final']['accuracy']:.3f}")
     elif metrics["dp"]:
@@ -139,6 +144,7 @@ def _simulate(args: argparse.Namespace) -> int:
         baseline = simulate(cfg.replace(dp=False, out=str(Path(cfg.out) / "no-dp")))
     print(format_summary(metrics, baseline))
     print(f"results: {Path(cfg.out) / 'metrics.json'}, plot: {Path(cfg.out) / 'training.png'}")
+    print(f"ledgers and public keys: {cfg.state_path}; verify with: fedshield audit {cfg.state_path}")
     return 0
 
 

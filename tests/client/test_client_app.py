@@ -1,0 +1,82 @@
+"""The ClientApp's train handler: spend is read back from the ledger, so a restarted site
+(fresh node state) continues where it stopped; the entry is on disk before the reply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import handle_train
+from common import records as rk
+from common.accounting import DpSgdEvent, epsilon
+from common.federation import model_spec
+from common.ledger import read_entries
+from common.models import build_model
+from simulations.scenarios import load_scenario
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def _context() -> Context:
+    return Context(
+        run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={}
+    )
+
+
+def _train_msg(cfg, server_round: int) -> Message:
+    arrays = ArrayRecord(build_model(model_spec(cfg), seed=cfg.seed).state_dict())
+    config = ConfigRecord({rk.SERVER_ROUND: server_round, rk.JOB_ID: "job-a"})
+    return Message(RecordDict({rk.ARRAYS: arrays, rk.CONFIG: config}), dst_node_id=7, message_type=MessageType.TRAIN)
+
+
+def test_restarted_site_continues_from_its_ledger(tmp_path: Path) -> None:
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=3, epsilon=2.0, out=str(tmp_path))
+    first = handle_train(_train_msg(cfg, 1), _context(), cfg).content[rk.METRICS]
+    # The site process restarts: its in-memory node state is gone, its ledger is not.
+    second = handle_train(_train_msg(cfg, 2), _context(), cfg).content[rk.METRICS]
+    assert second[rk.NOISE_MULTIPLIER] == first[rk.NOISE_MULTIPLIER]  # same calibration for the job
+    event = DpSgdEvent(first[rk.NOISE_MULTIPLIER], first[rk.SAMPLE_RATE], int(first[rk.DP_STEPS]))
+    assert second[rk.EPSILON] == pytest.approx(epsilon([event, event], delta=cfg.delta))
+    assert second[rk.DP_STEPS] == 2 * first[rk.DP_STEPS]
+    entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
+    assert [(e["kind"], e["round"], e["epsilon"]) for e in entries] == [
+        ("train", 1, pytest.approx(first[rk.EPSILON])),
+        ("train", 2, pytest.approx(second[rk.EPSILON])),
+    ]
+
+
+def test_reply_hash_matches_the_ledger_entry(tmp_path: Path) -> None:
+    from server.tracking import arrays_hash
+
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=2, out=str(tmp_path))
+    reply = handle_train(_train_msg(cfg, 1), _context(), cfg)
+    entry = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries[-1]
+    assert arrays_hash(reply.content[rk.ARRAYS]) == entry["update_sha256"]
+    assert reply.content[rk.SITE_REPORT][rk.UPDATE_SHA256] == entry["update_sha256"]
+    assert entry["mechanism"]["name"] == "dp-sgd-poisson-gaussian" and entry["budget"] == {
+        "epsilon": 1.0,
+        "delta": 1e-5,
+    }
+
+
+def test_refusal_reads_no_data_and_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=2, noise_multiplier=0.5, out=str(tmp_path))
+    ctx = _context()
+    handle_train(_train_msg(cfg, 1), ctx, cfg)  # first contact fingerprints the dataset (cached in node state)
+
+    import client.app as app
+
+    def no_data(*_args, **_kwargs):
+        raise AssertionError("the veto must not read the records")
+
+    monkeypatch.setattr(app, "site_data", no_data)
+    reply = handle_train(_train_msg(cfg, 1), ctx, cfg)  # sigma 0.5 at q=1: one round is far over budget 1
+    assert reply.content[rk.METRICS][rk.REFUSED] == 1
+    assert str(reply.content[rk.REFUSAL][rk.REASON]).startswith("budget exhausted: spent")
+    assert rk.ARRAYS not in reply.content
