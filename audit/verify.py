@@ -136,8 +136,17 @@ def cross_check(ledgers: list[LoadedLedger]) -> list[Problem]:
     for number, e in enumerate(server.entries, start=1):
         if e.get("kind") != "round":
             continue
-        for item in e.get("updated", []):
+        for item in [*e.get("updated", []), *e.get("rejected", [])]:
             where = f"{server.path}: line {number} (seq {e.get('seq')})"
+            if "reason" in item:
+                problems.append(
+                    Problem(
+                        where,
+                        f"rejected the update from {item['site']} in job {e['job']} round "
+                        f"{e['round']}: {item['reason']}",
+                        fatal=False,
+                    )
+                )
             if item["site"] not in sites:
                 problems.append(
                     Problem(
@@ -176,7 +185,8 @@ def cross_check(ledgers: list[LoadedLedger]) -> list[Problem]:
                 Problem(where, f"released an update in job {job} round {rnd}, but the server ledger has no such round")
             )
             continue
-        if not any(i["site"] == site and i["update_sha256"] == digest for i in entry.get("updated", [])):
+        received = [*entry.get("updated", []), *entry.get("rejected", [])]
+        if not any(i["site"] == site and i["update_sha256"] == digest for i in received):
             if entry.get("dropped"):
                 problems.append(
                     Problem(

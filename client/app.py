@@ -189,9 +189,9 @@ def handle_evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
     return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)
 
 
-def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
+def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None) -> ClientApp:
     """A ClientApp bound to ``cfg``, or (``None``) reading it from Flower's run config."""
-    app = ClientApp()
+    app = ClientApp(mods=mods or [])
 
     def resolve(context: Context) -> RunConfig:
         return cfg if cfg is not None else _config_from_run_config(tuple(sorted(context.run_config.items())))

@@ -22,6 +22,11 @@ class Strategy(StrEnum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
     FEDADAM = "fedadam"
+    # Robust aggregation (Flower's): coordinate-wise trimmed mean and median, (Multi-)Krum.
+    TRIMMED_MEAN = "trimmed-mean"
+    MEDIAN = "median"
+    KRUM = "krum"
+    MULTI_KRUM = "multi-krum"
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,11 @@ class RunConfig:
     proximal_mu: float = 0.0
     server_learning_rate: float = 0.1
     centralized_eval: bool = True
+    trim_fraction: float = 0.2  # trimmed-mean: fraction cut from each end
+    num_malicious: int = 1  # krum / multi-krum: sites assumed malicious
+    krum_select: int = 2  # multi-krum: updates averaged
+    max_update_norm: float = 0.0  # reject updates with ||w_site - w_global|| above this; 0 = no bound
+    attack: str = ""  # simulation only: e.g. "site-2:scale=-10" (see simulations/attacks.py)
     # local training
     local_epochs: float = 1.0
     batch_size: int = 128
@@ -111,7 +121,7 @@ class RunConfig:
         _check(
             self.strategy in {s.value for s in Strategy},
             "strategy",
-            "must be one of fedavg, fedprox, fedadam",
+            "must be one of " + ", ".join(s.value for s in Strategy),
             self.strategy,
         )
         for key, value in (("hidden", self.hidden), ("channels", self.channels)):
@@ -121,6 +131,10 @@ class RunConfig:
                 raise ConfigError(f"{key} must be comma-separated positive integers, got {value!r}") from None
             _check(all(w > 0 for w in widths), key, "must be comma-separated positive integers", value)
 
+        _check(0 <= self.trim_fraction < 0.5, "trim-fraction", "must be in [0, 0.5)", self.trim_fraction)
+        _check(self.num_malicious >= 0, "num-malicious", "must be >= 0", self.num_malicious)
+        _check(self.krum_select >= 1, "krum-select", "must be >= 1", self.krum_select)
+        _check(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)", self.max_update_norm)
         try:
             budgets = self.budgets
         except ValueError:

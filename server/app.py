@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
 from common import records as rk
 from common.config import RunConfig
@@ -51,7 +51,8 @@ def summarize_evaluate(replies: list[RecordDict], weighted_by_key: str) -> Metri
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:
-    """FedAvg, FedProx or FedAdam from Flower, sampling ``fraction-train`` of the sites."""
+    """Flower's FedAvg, FedProx, FedAdam, or a robust rule (trimmed mean, median, (Multi-)Krum),
+    sampling ``fraction-train`` of the sites."""
     common: dict[str, Any] = {
         "train_metrics_aggr_fn": summarize_train,
         "evaluate_metrics_aggr_fn": summarize_evaluate,
@@ -66,6 +67,14 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         return FedProx(**common, proximal_mu=cfg.proximal_mu)
     if kind is StrategyKind.FEDADAM:
         return FedAdam(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
+    if kind is StrategyKind.TRIMMED_MEAN:
+        return FedTrimmedAvg(**common, beta=cfg.trim_fraction)
+    if kind is StrategyKind.MEDIAN:
+        return FedMedian(**common)
+    if kind is StrategyKind.KRUM:
+        return Krum(**common, num_malicious_nodes=cfg.num_malicious)
+    if kind is StrategyKind.MULTI_KRUM:
+        return MultiKrum(**common, num_malicious_nodes=cfg.num_malicious, num_nodes_to_select=cfg.krum_select)
     return FedAvg(**common)
 
 
@@ -98,7 +107,14 @@ def run_server(
     job = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
     ledger = ServerLedger(simulation_paths(Path(cfg.state_path)))
     ledger.record_job(job=job, settings=cfg.to_flat())
-    tracking = SiteTracking(build_strategy(cfg), num_rounds=cfg.rounds, job=job, ledger=ledger, progress=progress)
+    tracking = SiteTracking(
+        build_strategy(cfg),
+        num_rounds=cfg.rounds,
+        job=job,
+        ledger=ledger,
+        progress=progress,
+        max_update_norm=cfg.max_update_norm,
+    )
     result = tracking.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),

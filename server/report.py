@@ -39,6 +39,7 @@ def build_metrics(
             sites[str(site_id)] = {
                 "trained": site_id in log.train,
                 "refused": log.refusals.get(site_id),
+                "rejected": log.rejections.get(site_id),
                 "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,
                 "delta": cfg.delta if cfg.dp else None,
                 "dp_steps": int(prev.get(rk.DP_STEPS, 0)),

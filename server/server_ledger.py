@@ -61,6 +61,7 @@ class ServerLedger:
         refused: list[dict[str, Any]],
         dropped: list[dict[str, Any]],
         aggregate_sha256: str | None,
+        rejected: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         return self.ledger.append(
             {
@@ -72,6 +73,7 @@ class ServerLedger:
                 "updated": updated,
                 "refused": refused,
                 "dropped": dropped,
+                "rejected": rejected or [],
                 "aggregate_sha256": aggregate_sha256,
             }
         )

@@ -22,6 +22,7 @@ from flwr.serverapp.strategy import Strategy
 from common import records as rk
 from common.hashing import arrays_sha256
 from server.server_ledger import ServerLedger
+from server.validation import validate_update
 
 _SITE_TRAIN_KEYS = (rk.EPSILON, rk.DELTA, rk.DP_STEPS, rk.NOISE_MULTIPLIER, rk.SAMPLE_RATE, rk.NUM_EXAMPLES)
 
@@ -32,6 +33,7 @@ class RoundLog:
     sites_asked: int = 0
     train: dict[int, dict[str, float]] = field(default_factory=dict)  # site id -> metrics
     refusals: dict[int, str] = field(default_factory=dict)  # site id -> reason
+    rejections: dict[int, str] = field(default_factory=dict)  # site id -> why the server rejected its update
     failures: list[str] = field(default_factory=list)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     federated_eval: dict[str, float] = field(default_factory=dict)
@@ -54,8 +56,11 @@ class SiteTracking(Strategy):
         job: str = "",
         ledger: ServerLedger | None = None,
         progress: Callable[[str], None] | None = None,
+        max_update_norm: float = 0.0,
     ) -> None:
         self.inner = inner
+        self.max_update_norm = max_update_norm
+        self._global: ArrayRecord | None = None
         self.num_rounds = num_rounds
         self.job = job
         self.ledger = ledger
@@ -85,6 +90,7 @@ class SiteTracking(Strategy):
         if self.stopped:
             return []
         config[rk.JOB_ID] = self.job
+        self._global = arrays
         # A site that refused for lack of budget would only refuse again: don't ask it.
         messages = [
             m
@@ -101,7 +107,7 @@ class SiteTracking(Strategy):
         if self.stopped:
             return None, None
         log = self._log(server_round)
-        updates, updated, refused, dropped = [], [], [], []
+        updates, updated, refused, dropped, rejected = [], [], [], [], []
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -116,17 +122,18 @@ class SiteTracking(Strategy):
                 self.exhausted.add(node)
                 refused.append({"site": str(refusal[rk.SITE_NAME]), "node": node, "reason": str(refusal[rk.REASON])})
                 continue
-            log.train[site_id] = {k: float(m[k]) for k in _SITE_TRAIN_KEYS if k in m}
             site = str(msg.content[rk.SITE_REPORT][rk.SITE_NAME]) if rk.SITE_REPORT in msg.content else str(site_id)
             # The hash of the update as received, computed here (not taken from the site).
-            updated.append(
-                {
-                    "site": site,
-                    "node": node,
-                    "update_sha256": arrays_hash(msg.content[rk.ARRAYS]),
-                    "num_examples": int(m[rk.NUM_EXAMPLES]),
-                }
-            )
+            item = {"site": site, "node": node, "update_sha256": arrays_hash(msg.content[rk.ARRAYS])}
+            reason = None
+            if self._global is not None:
+                reason = validate_update(msg.content[rk.ARRAYS], self._global, max_update_norm=self.max_update_norm)
+            if reason is not None:
+                log.rejections[site_id] = reason
+                rejected.append({**item, "reason": reason})
+                continue
+            log.train[site_id] = {k: float(m[k]) for k in _SITE_TRAIN_KEYS if k in m}
+            updated.append({**item, "num_examples": int(m[rk.NUM_EXAMPLES])})
             updates.append(msg)
         arrays, metrics = self.inner.aggregate_train(server_round, updates) if updates else (None, None)
         if self.ledger is not None:
@@ -137,6 +144,7 @@ class SiteTracking(Strategy):
                 updated=updated,
                 refused=refused,
                 dropped=dropped,
+                rejected=rejected,
                 aggregate_sha256=arrays_hash(arrays) if arrays is not None else None,
             )
         return arrays, metrics
@@ -182,6 +190,8 @@ def progress_line(log: RoundLog, num_rounds: int) -> str:
     parts = [f"round {log.round}/{num_rounds}", f"{len(log.train)}/{log.sites_asked} sites trained"]
     if log.refusals:
         parts.append(f"{len(log.refusals)} refused")
+    if log.rejections:
+        parts.append(f"{len(log.rejections)} rejected")
     eps = [m[rk.EPSILON] for m in log.train.values() if rk.EPSILON in m]
     if eps:
         parts.append(f"max epsilon {max(eps):.3f}")

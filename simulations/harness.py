@@ -74,8 +74,10 @@ def simulate(
 
     from client.app import make_client_app
     from server.app import make_server_app
+    from simulations.attacks import attack_mod, parse_attacks
 
     check_inputs(cfg)
+    parse_attacks(cfg.attack)
     out = Path(cfg.out)
     metrics_path = out / report.METRICS_FILE
     if metrics_path.exists():
@@ -89,7 +91,7 @@ def simulate(
     try:
         run_simulation(
             server_app=make_server_app(cfg, progress=progress),
-            client_app=make_client_app(site_cfg or cfg),
+            client_app=make_client_app(site_cfg or cfg, mods=[attack_mod(cfg.attack)] if cfg.attack else None),
             num_supernodes=cfg.sites,
             backend_config=_backend_config(cfg),
         )

@@ -12,6 +12,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _stop_local_superlinks(flwr_home: Path) -> None:
+    """`flwr run` leaves the local SuperLink it started running; stop ours by process id."""
+    import signal
+
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+            os.kill(int(proc.name), signal.SIGTERM)
+
+
 def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     flwr = shutil.which("flwr") or str(Path(sys.executable).parent / "flwr")
     home = tmp_path / "flwr-home"
@@ -22,13 +35,16 @@ def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     pyproject_before = (ROOT / "pyproject.toml").read_text()
     out = tmp_path / "out"
     env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
-    proc = subprocess.run(
-        [flwr, "run", str(ROOT), "--run-config", f"rounds=1 out='{out}'", "--stream"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    try:
+        proc = subprocess.run(
+            [flwr, "run", str(ROOT), "--run-config", f"rounds=1 out='{out}'", "--stream"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        _stop_local_superlinks(home)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in metrics["rounds"]] == [1]
