@@ -58,8 +58,9 @@ class TabularMLP(nn.Module):
 
 
 class GroupNormCNN(nn.Module):
-    """Small CNN: [conv3x3 -> GroupNorm -> tanh -> maxpool] per stage, global average pool,
-    linear head. Works for any image size >= 2**stages."""
+    """Small CNN: [conv3x3 -> GroupNorm -> tanh -> maxpool] per stage, then an adaptive average
+    pool to a 2x2 grid (keeps coarse layout, which small scans need), linear head. Works for
+    any image size >= 2**stages."""
 
     def __init__(self, in_channels: int, channels: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
@@ -74,8 +75,8 @@ class GroupNormCNN(nn.Module):
             ]
             width = c
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(width, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.head = nn.Linear(width * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(self.pool(self.features(x)), 1))

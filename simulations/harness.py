@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,29 @@ def check_inputs(cfg: RunConfig) -> None:
     model_spec(cfg)
     server_test_set(cfg)
     site_partitions(cfg, cfg.sites)
+
+
+STATE_PARTS = ("keys", "sites", "server")
+
+
+def archive_previous_state(out: Path, *, progress: Callable[[str], None] | None = None) -> Path | None:
+    """Without ``--state-dir`` every simulation is a fresh federation: a previous run's keys and
+    ledgers in ``out`` are moved (never deleted) to ``out/archive/<time>/``. With ``--state-dir``
+    the sites keep their ledgers, and their spend, across jobs."""
+    present = [out / p for p in STATE_PARTS if (out / p).exists()]
+    if not present:
+        return None
+    from datetime import UTC, datetime
+
+    dest = out / "archive" / datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    dest.mkdir(parents=True)
+    for part in present:
+        part.rename(dest / part.name)
+    (progress or (lambda line: print(line, file=sys.stderr, flush=True)))(
+        f"moved the previous run's ledgers and keys to {dest} (use --state-dir to let sites keep spending "
+        "across jobs)"
+    )
+    return dest
 
 
 def _backend_config(cfg: RunConfig) -> dict[str, Any]:
@@ -79,6 +103,8 @@ def simulate(
     check_inputs(cfg)
     parse_attacks(cfg.attack)
     out = Path(cfg.out)
+    if not cfg.state_dir:
+        archive_previous_state(out, progress=progress)
     metrics_path = out / report.METRICS_FILE
     if metrics_path.exists():
         metrics_path.unlink()  # never report a previous run's numbers as this run's

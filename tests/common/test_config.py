@@ -87,7 +87,11 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
         ("synthetic-records", 9, "synthetic-records must be >= 10, got 9"),
         ("partition", "random", "partition must be one of iid, dirichlet, quantity, got 'random'"),
         ("model", "resnet", "model must be one of mlp, cnn, got 'resnet'"),
-        ("strategy", "fedsgd", "strategy must be one of fedavg, fedprox, fedadam, got 'fedsgd'"),
+        (
+            "strategy",
+            "fedsgd",
+            "strategy must be one of fedavg, fedprox, fedadam, trimmed-mean, median, krum, multi-krum, got 'fedsgd'",
+        ),
         ("hidden", "16,x", "hidden must be comma-separated positive integers, got '16,x'"),
         ("hidden", "16,0", "hidden must be comma-separated positive integers, got '16,0'"),
         ("channels", "-8", "channels must be comma-separated positive integers, got '-8'"),
