@@ -18,7 +18,7 @@ from flwr.clientapp import ClientApp
 
 from client.budget import Budget, decide
 from client.dp_trainer import LocalPlan, PrivacyPlan, evaluate, sampling, train_local
-from client.site_ledger import SiteLedger, simulation_paths
+from client.site_ledger import SiteLedger, SitePaths, simulation_paths
 from common import records as rk
 from common.accounting import DpSgdEvent, calibrate_noise
 from common.config import RunConfig, Strategy
@@ -101,6 +101,26 @@ def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float) -
     return Message(RecordDict({rk.METRICS: metrics, rk.REFUSAL: refusal}), reply_to=msg)
 
 
+def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str) -> Message:
+    saved = torch.load(paths.last_update, weights_only=False) if paths.last_update.exists() else None
+    if (
+        saved is None
+        or (saved["job"], saved["round"]) != (entry["job"], entry["round"])
+        or arrays_sha256(zip(saved["names"], saved["weights"], strict=True)) != entry["update_sha256"]
+    ):
+        reason = (
+            f"already released an update for job {entry['job']} round {entry['round']}; "
+            "it is no longer stored, and training again would spend budget twice"
+        )
+        return _refusal(msg, site_id, site, reason, float(entry["epsilon"] or 0.0))
+    arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(saved["names"], saved["weights"], strict=True)})
+    report = ConfigRecord({rk.SITE_NAME: site, rk.UPDATE_SHA256: entry["update_sha256"]})
+    return Message(
+        RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(saved["metrics"]), rk.SITE_REPORT: report}),
+        reply_to=msg,
+    )
+
+
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     site_id = int(context.node_config["partition-id"])
     num_sites = int(context.node_config["num-partitions"])
@@ -109,7 +129,13 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     server_round = int(config[rk.SERVER_ROUND])
     job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
     meta = _dataset_meta(context, cfg, site_id, num_sites)
-    ledger = SiteLedger(simulation_paths(Path(cfg.state_path), site), site)
+    paths = simulation_paths(Path(cfg.state_path), site)
+    ledger = SiteLedger(paths, site)
+    released = ledger.released(job, server_round)
+    if released is not None:
+        # A restarted server asks again for a round this site already answered: send the same
+        # update again (re-releasing it costs no privacy) rather than training and spending twice.
+        return _resend(msg, paths, released, site_id, site)
     budget = Budget(cfg.budget_epsilon(site), cfg.delta)
     entry_common = {
         "job": job,
@@ -175,6 +201,10 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     )
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
     report = ConfigRecord({rk.SITE_NAME: site, rk.UPDATE_SHA256: update_sha256})
+    torch.save(
+        {"job": job, "round": server_round, "names": names, "weights": result.weights, "metrics": metrics},
+        paths.last_update,
+    )
     return Message(
         RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: report}), reply_to=msg
     )

@@ -18,6 +18,7 @@ from common.accounting import DpSgdEvent
 from common.ledger import Ledger
 
 LEDGER_FILE = "ledger.jsonl"
+LAST_UPDATE_FILE = "last-update.pt"
 KEY_FILE = "site.key"
 DP_SGD = "dp-sgd-poisson-gaussian"
 NO_DP = "none"
@@ -37,6 +38,10 @@ class SitePaths:
     @property
     def private_key(self) -> Path:
         return self.root / KEY_FILE
+
+    @property
+    def last_update(self) -> Path:
+        return self.root / LAST_UPDATE_FILE
 
 
 def simulation_paths(state_dir: Path, site: str) -> SitePaths:
@@ -59,6 +64,13 @@ class SiteLedger:
         )
         self.site = site
         self.ledger = Ledger(paths.ledger, key, owner=site)
+
+    def released(self, job: str, server_round: int) -> dict[str, Any] | None:
+        """The training entry of an update already released for (job, round), if any."""
+        for entry in reversed(self.ledger.entries):
+            if entry.get("kind") == "train" and entry.get("job") == job and entry.get("round") == server_round:
+                return entry
+        return None
 
     def spend(self, dataset: str, *, exclude_job: str | None = None) -> Spend:
         events, non_private = [], []

@@ -80,6 +80,7 @@ class RunConfig:
     site_budgets: str = ""
     # bookkeeping
     state_dir: str = ""  # where sites and server keep keys and ledgers; "" = inside `out`
+    resume: bool = False  # continue the job in the server's checkpoint (after a crash or stop)
     seed: int = 0
     out: str = "runs/latest"
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
 
@@ -20,11 +21,15 @@ from common.config import Strategy as StrategyKind
 from common.evaluation import evaluate
 from common.federation import model_spec, server_test_set
 from common.models import build_model
-from server import report
+from server import checkpoint, report
 from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import SiteTracking
 
 log = logging.getLogger(__name__)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def summarize_train(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
@@ -90,35 +95,66 @@ def central_evaluation(cfg: RunConfig, tracking: SiteTracking) -> Callable[[int,
             model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
             loss, accuracy = evaluate(model, test)
             metrics = {"loss": loss, "accuracy": accuracy}
-        tracking.record_central(server_round, metrics)
+        tracking.record_central(server_round, arrays, metrics)
         return MetricRecord(metrics) if metrics else None
 
     return evaluate_fn
 
 
+def _new_job_id() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
 def run_server(
     grid: Grid, cfg: RunConfig, out: Path, *, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Run the whole job on ``grid`` and write its results under ``out``; returns the metrics."""
+    """Run the whole job on ``grid`` and write its results under ``out``; returns the metrics.
+
+    After every completed round the server checkpoints; with ``resume`` it continues the
+    checkpointed job from the next round (sites are never asked for a completed round again).
+    """
     out.mkdir(parents=True, exist_ok=True)
     report.write_config(out, cfg)
     num_sites = len(list(grid.get_node_ids()))
     model = build_model(model_spec(cfg), seed=cfg.seed)
-    job = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
-    ledger = ServerLedger(simulation_paths(Path(cfg.state_path)))
-    ledger.record_job(job=job, settings=cfg.to_flat())
+    paths = simulation_paths(Path(cfg.state_path))
+    ledger = ServerLedger(paths)
+    ckpt_path = paths.root / checkpoint.CHECKPOINT_FILE
+    ckpt = checkpoint.load(ckpt_path) if cfg.resume else None
+    strategy = build_strategy(cfg)
+    initial = ArrayRecord(model.state_dict())
+    job, done = _new_job_id(), 0
+    if ckpt is not None:
+        job, done = ckpt.job, ckpt.completed_round
+        initial = ArrayRecord(array_dict={k: Array(v) for k, v in ckpt.arrays.items()})
+        checkpoint.restore_strategy_state(strategy, ckpt.strategy_state)
+        (progress or _stderr)(f"resuming job {job} after round {done} (from {ckpt_path})")
+    ledger.record_job(job=job, settings={**cfg.to_flat(), "resumed-after-round": done})
+
+    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        named = zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True)
+        state = checkpoint.strategy_state(strategy)
+        checkpoint.save(
+            ckpt_path,
+            checkpoint.Checkpoint(job, server_round, dict(named), tracking.rounds, state, cfg.to_flat()),
+        )
+
     tracking = SiteTracking(
-        build_strategy(cfg),
+        strategy,
         num_rounds=cfg.rounds,
         job=job,
         ledger=ledger,
         progress=progress,
         max_update_norm=cfg.max_update_norm,
+        round_offset=done,
+        on_round_end=save_checkpoint,
     )
+    if ckpt is not None:
+        tracking.rounds = ckpt.rounds
     result = tracking.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.rounds,
+        initial_arrays=initial,
+        num_rounds=max(cfg.rounds - done, 0),
         train_config=ConfigRecord({}),
         evaluate_fn=central_evaluation(cfg, tracking),
     )
@@ -126,7 +162,7 @@ def run_server(
         cfg, tracking.rounds, num_sites=num_sites, job=job, stopped_after=tracking.stopped_after
     )
     report.write_metrics(out, metrics)
-    report.write_model(out, result.arrays.to_torch_state_dict() if result.arrays else model.state_dict())
+    report.write_model(out, (result.arrays or initial).to_torch_state_dict())
     report.write_plot(out, metrics)
     return metrics
 

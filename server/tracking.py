@@ -57,8 +57,12 @@ class SiteTracking(Strategy):
         ledger: ServerLedger | None = None,
         progress: Callable[[str], None] | None = None,
         max_update_norm: float = 0.0,
+        round_offset: int = 0,
+        on_round_end: Callable[[int, ArrayRecord], None] | None = None,
     ) -> None:
         self.inner = inner
+        self.offset = round_offset  # rounds already completed before a resume
+        self.on_round_end = on_round_end
         self.max_update_norm = max_update_norm
         self._global: ArrayRecord | None = None
         self.num_rounds = num_rounds
@@ -83,6 +87,7 @@ class SiteTracking(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.offset
         self._t0 = time.monotonic()
         if not self.stopped and self.exhausted and self.exhausted >= set(grid.get_node_ids()):
             self.stopped_after = server_round - 1
@@ -104,6 +109,7 @@ class SiteTracking(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.offset
         if self.stopped:
             return None, None
         log = self._log(server_round)
@@ -154,9 +160,10 @@ class SiteTracking(Strategy):
     ) -> Iterable[Message]:
         if self.stopped:
             return []
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.offset
         if self.stopped:
             return None
         replies = list(replies)
@@ -173,13 +180,17 @@ class SiteTracking(Strategy):
         log.seconds = time.monotonic() - self._t0
         return result
 
-    def record_central(self, server_round: int, metrics: dict[str, float]) -> None:
-        """Called by the centralized evaluation; closes the round's progress line."""
-        if server_round == 0 or self.stopped:
+    def record_central(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
+        """Called after each round's evaluation (round numbers as Flower counts them): closes
+        the round (checkpoint first, then the progress line)."""
+        server_round += self.offset
+        if server_round == self.offset or self.stopped:
             return
         log = self._log(server_round)
         log.central_eval = metrics
         log.seconds = time.monotonic() - self._t0
+        if self.on_round_end is not None:
+            self.on_round_end(server_round, arrays)
         self._progress(progress_line(log, self.num_rounds))
 
     def summary(self) -> None:

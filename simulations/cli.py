@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         "--compare-no-dp", action="store_true", help="also run the same scenario without DP and show both accuracies"
     )
     sim.add_argument(
+        "--resume", action="store_true", help="continue the job checkpointed in the state folder from its next round"
+    )
+    sim.add_argument(
         "--set",
         action="append",
         default=[],
@@ -84,6 +87,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
             overrides[flag] = value
     if args.no_dp:
         overrides["dp"] = False
+    if args.resume:
+        overrides["resume"] = True
     if args.epsilon is not None and args.noise_multiplier is None:
         overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
     # Absolute: the simulated sites run in worker processes that may not share our cwd.

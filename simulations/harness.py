@@ -63,8 +63,7 @@ def archive_previous_state(out: Path, *, progress: Callable[[str], None] | None 
     for part in present:
         part.rename(dest / part.name)
     (progress or (lambda line: print(line, file=sys.stderr, flush=True)))(
-        f"moved the previous run's ledgers and keys to {dest} (use --state-dir to let sites keep spending "
-        "across jobs)"
+        f"moved the previous run's ledgers and keys to {dest} (use --state-dir to let sites keep spending across jobs)"
     )
     return dest
 
@@ -103,7 +102,7 @@ def simulate(
     check_inputs(cfg)
     parse_attacks(cfg.attack)
     out = Path(cfg.out)
-    if not cfg.state_dir:
+    if not cfg.state_dir and not cfg.resume:
         archive_previous_state(out, progress=progress)
     metrics_path = out / report.METRICS_FILE
     if metrics_path.exists():

@@ -80,3 +80,19 @@ def test_refusal_reads_no_data_and_is_recorded(tmp_path: Path, monkeypatch: pyte
     assert reply.content[rk.METRICS][rk.REFUSED] == 1
     assert str(reply.content[rk.REFUSAL][rk.REASON]).startswith("budget exhausted: spent")
     assert rk.ARRAYS not in reply.content
+
+
+def test_round_asked_again_resends_the_same_update_without_spending(tmp_path: Path) -> None:
+    from server.tracking import arrays_hash
+
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=3, out=str(tmp_path))
+    first = handle_train(_train_msg(cfg, 1), _context(), cfg)
+    again = handle_train(_train_msg(cfg, 1), _context(), cfg)  # a restarted server asks for round 1 again
+    assert arrays_hash(again.content[rk.ARRAYS]) == arrays_hash(first.content[rk.ARRAYS])
+    assert again.content[rk.METRICS][rk.EPSILON] == first.content[rk.METRICS][rk.EPSILON]
+    entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
+    assert len(entries) == 1  # no second spend
+    (tmp_path / "sites" / "site-1" / "last-update.pt").unlink()
+    lost = handle_train(_train_msg(cfg, 1), _context(), cfg)
+    assert lost.content[rk.METRICS][rk.REFUSED] == 1
+    assert "training again would spend budget twice" in str(lost.content[rk.REFUSAL][rk.REASON])
