@@ -15,9 +15,8 @@ from typing import Any
 
 from common import keys
 from common.accounting import DpSgdEvent
-from common.ledger import Ledger
+from common.ledger import PartyPaths
 
-LEDGER_FILE = "ledger.jsonl"
 LAST_UPDATE_FILE = "last-update.pt"
 KEY_FILE = "site.key"
 DP_SGD = "dp-sgd-poisson-gaussian"
@@ -25,22 +24,12 @@ NO_DP = "none"
 
 
 @dataclass(frozen=True)
-class SitePaths:
-    """Where a site keeps its key and ledger; its public key is exported for the auditor."""
-
-    root: Path
-    public_key: Path
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / LEDGER_FILE
-
-    @property
-    def private_key(self) -> Path:
-        return self.root / KEY_FILE
+class SitePaths(PartyPaths):
+    key_file: str = KEY_FILE
 
     @property
     def last_update(self) -> Path:
+        """The update this site released last, kept to re-send it if a round is asked again."""
         return self.root / LAST_UPDATE_FILE
 
 
@@ -56,14 +45,8 @@ class Spend:
 
 class SiteLedger:
     def __init__(self, paths: SitePaths, site: str) -> None:
-        # The site makes its own key on first use; only the public half is exported.
-        key = (
-            keys.create_pair(paths.private_key, paths.public_key)
-            if not paths.private_key.exists()
-            else keys.load_private(paths.private_key)
-        )
         self.site = site
-        self.ledger = Ledger(paths.ledger, key, owner=site)
+        self.ledger = paths.open_ledger(site)
 
     def released(self, job: str, server_round: int) -> dict[str, Any] | None:
         """The training entry of an update already released for (job, round), if any."""

@@ -97,6 +97,32 @@ def verify_entries(path: Path, entries: list[dict[str, Any]], public_key: Ed2551
     return problems
 
 
+LEDGER_FILE = "ledger.jsonl"
+
+
+@dataclass(frozen=True)
+class PartyPaths:
+    """Where a party (a site or the server) keeps its private key and ledger, and where its
+    public key is exported for the auditor."""
+
+    root: Path
+    public_key: Path
+    key_file: str
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / LEDGER_FILE
+
+    @property
+    def private_key(self) -> Path:
+        return self.root / self.key_file
+
+    def open_ledger(self, owner: str) -> Ledger:
+        """The party's ledger, signed with its key (made on first use; only the public half
+        is exported)."""
+        return Ledger(self.ledger, keys.create_pair(self.private_key, self.public_key), owner=owner)
+
+
 class Ledger:
     """The owner's handle on its ledger: verified on open, appended durably."""
 

@@ -4,35 +4,19 @@ of the aggregated model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common import keys
-from common.ledger import Ledger
+from common.ledger import PartyPaths
 
-LEDGER_FILE = "ledger.jsonl"
 KEY_FILE = "server.key"
 OWNER = "server"
 
 
-@dataclass(frozen=True)
-class ServerPaths:
-    root: Path
-    public_key: Path
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / LEDGER_FILE
-
-    @property
-    def private_key(self) -> Path:
-        return self.root / KEY_FILE
-
-
-def simulation_paths(state_dir: Path) -> ServerPaths:
-    return ServerPaths(state_dir / "server", state_dir / "keys" / f"{OWNER}{keys.PUBLIC_SUFFIX}")
+def simulation_paths(state_dir: Path) -> PartyPaths:
+    return PartyPaths(state_dir / "server", state_dir / "keys" / f"{OWNER}{keys.PUBLIC_SUFFIX}", KEY_FILE)
 
 
 def _now() -> str:
@@ -40,13 +24,9 @@ def _now() -> str:
 
 
 class ServerLedger:
-    def __init__(self, paths: ServerPaths) -> None:
-        key = (
-            keys.create_pair(paths.private_key, paths.public_key)
-            if not paths.private_key.exists()
-            else keys.load_private(paths.private_key)
-        )
-        self.ledger = Ledger(paths.ledger, key, owner=OWNER)
+    def __init__(self, paths: PartyPaths) -> None:
+        self.paths = paths
+        self.ledger = paths.open_ledger(OWNER)
 
     def record_job(self, *, job: str, settings: dict[str, Any]) -> dict[str, Any]:
         return self.ledger.append({"kind": "job", "time": _now(), "job": job, "settings": settings})
