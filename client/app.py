@@ -19,8 +19,9 @@ from flwr.clientapp import ClientApp
 from client.budget import Budget, decide
 from client.dp_trainer import LocalPlan, PrivacyPlan, evaluate, sampling, train_local
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
+from common import keys
 from common import records as rk
-from common.accounting import DpSgdEvent, calibrate_noise
+from common.accounting import DpSgdEvent, calibrate_noise, epsilon
 from common.config import RunConfig, Strategy
 from common.errors import ConfigError
 from common.federation import SiteData, model_spec, site_data
@@ -121,22 +122,55 @@ def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str
     )
 
 
+@dataclass(frozen=True)
+class SiteSettings:
+    """What the site itself decides, from its node config; in a simulation (no such keys) the
+    scenario stands in for every site. The server's run config can never loosen these."""
+
+    site_id: int
+    num_sites: int
+    name: str
+    paths: SitePaths
+    budget: Budget
+    require_dp: bool
+
+
+def site_settings(context: Context, cfg: RunConfig) -> SiteSettings:
+    node = context.node_config
+    site_id = int(node["partition-id"])
+    name = str(node.get("site-name", f"site-{site_id}"))
+    if "state-dir" in node:
+        root = Path(str(node["state-dir"]))
+        paths = SitePaths(root, root / f"{name}{keys.PUBLIC_SUFFIX}")
+    else:
+        paths = simulation_paths(Path(cfg.state_path), name)
+    budget = Budget(
+        float(node.get("budget-epsilon", cfg.budget_epsilon(name))), float(node.get("budget-delta", cfg.delta))
+    )
+    # A site that sets its own budget only ever trains with DP, whatever the run config says.
+    require_dp = bool(node.get("require-dp", "budget-epsilon" in node))
+    return SiteSettings(site_id, int(node["num-partitions"]), name, paths, budget, require_dp)
+
+
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
-    site_id = int(context.node_config["partition-id"])
-    num_sites = int(context.node_config["num-partitions"])
-    site = f"site-{site_id}"
+    settings = site_settings(context, cfg)
+    site_id, num_sites, site, paths, budget = (
+        settings.site_id,
+        settings.num_sites,
+        settings.name,
+        settings.paths,
+        settings.budget,
+    )
     config = msg.content[rk.CONFIG]
     server_round = int(config[rk.SERVER_ROUND])
     job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
     meta = _dataset_meta(context, cfg, site_id, num_sites)
-    paths = simulation_paths(Path(cfg.state_path), site)
     ledger = SiteLedger(paths, site)
     released = ledger.released(job, server_round)
     if released is not None:
         # A restarted server asks again for a round this site already answered: send the same
         # update again (re-releasing it costs no privacy) rather than training and spending twice.
         return _resend(msg, paths, released, site_id, site)
-    budget = Budget(cfg.budget_epsilon(site), cfg.delta)
     entry_common = {
         "job": job,
         "server_round": server_round,
@@ -148,6 +182,12 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     history: list[DpSgdEvent] = []
     privacy = None
     planned_epsilon = float("nan")
+    if settings.require_dp and not cfg.dp:
+        reason = "this site only trains with differential privacy; the job asked for none"
+        ledger.record_refusal(
+            **entry_common, reason=reason, spent=epsilon(ledger.spend(meta.fingerprint).events, delta=budget.delta)
+        )
+        return _refusal(msg, site_id, site, reason, float("nan"))
     if cfg.dp:
         # The veto: decided from the ledger and the planned mechanism, before the data is read.
         spend = ledger.spend(meta.fingerprint)
@@ -185,7 +225,7 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         spent = planned_epsilon
         metrics |= {
             rk.EPSILON: spent,
-            rk.DELTA: cfg.delta,
+            rk.DELTA: budget.delta,
             rk.DP_STEPS: sum(e.steps for e in history),
             rk.NOISE_MULTIPLIER: result.event.noise_multiplier,
             rk.SAMPLE_RATE: result.event.sample_rate,
@@ -195,7 +235,7 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         **entry_common,
         event=result.event,
         max_grad_norm=cfg.max_grad_norm,
-        delta=cfg.delta,
+        delta=budget.delta,
         epsilon=spent,
         update_sha256=update_sha256,
     )

@@ -96,3 +96,30 @@ def test_round_asked_again_resends_the_same_update_without_spending(tmp_path: Pa
     lost = handle_train(_train_msg(cfg, 1), _context(), cfg)
     assert lost.content[rk.METRICS][rk.REFUSED] == 1
     assert "training again would spend budget twice" in str(lost.content[rk.REFUSAL][rk.REASON])
+
+
+def test_a_deployed_site_sets_its_own_budget_and_refuses_training_without_dp(tmp_path: Path) -> None:
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=2, epsilon=50.0, delta=0.5, out=str(tmp_path))
+    ctx = Context(
+        run_id=1,
+        node_id=7,
+        run_config={},
+        state=RecordDict(),
+        node_config={
+            "partition-id": 1,
+            "num-partitions": 3,
+            "site-name": "st-marys",
+            "state-dir": str(tmp_path / "st-marys"),
+            "budget-epsilon": 0.5,
+            "budget-delta": 1e-6,
+        },
+    )
+    reply = handle_train(_train_msg(cfg, 1), ctx, cfg)  # the server asks for epsilon 50 at delta 0.5
+    entry = read_entries(tmp_path / "st-marys" / "ledger.jsonl").entries[-1]
+    assert entry["ledger"] == "st-marys" and entry["budget"] == {"epsilon": 0.5, "delta": 1e-6}
+    assert entry["delta"] == 1e-6 and entry["epsilon"] <= 0.5  # calibrated to the site's budget, not the job's
+    assert reply.content[rk.METRICS][rk.DELTA] == 1e-6
+    assert (tmp_path / "st-marys" / "st-marys.pub").exists()
+    no_dp = handle_train(_train_msg(cfg.replace(dp=False), 2), ctx, cfg.replace(dp=False))
+    assert no_dp.content[rk.METRICS][rk.REFUSED] == 1
+    assert "only trains with differential privacy" in str(no_dp.content[rk.REFUSAL][rk.REASON])

@@ -57,3 +57,20 @@ def test_run_folder_holds_config_model_and_plot(run: tuple[Path, dict]) -> None:
     model.load_state_dict(torch.load(out / "model.pt"), strict=True)
     png = (out / "training.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+def test_simulation_output_passes_the_audit(run: tuple[Path, dict]) -> None:
+    import subprocess
+    import sys
+
+    out, _ = run
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "audit", str(out)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "VERIFIED" in proc.stdout and proc.stdout.count("  OK") == 3
