@@ -24,7 +24,7 @@ from common import records as rk
 from common.accounting import DpSgdEvent, calibrate_noise, epsilon
 from common.config import RunConfig, Strategy
 from common.errors import ConfigError
-from common.federation import SiteData, model_spec, site_data
+from common.federation import SiteData, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, dataset_fingerprint
 from common.models import build_model
 
@@ -38,9 +38,13 @@ def _config_from_run_config(items: tuple) -> RunConfig:
 
 
 def _node_site(context: Context, cfg: RunConfig) -> SiteData:
-    site_id = int(context.node_config["partition-id"])
-    num_sites = int(context.node_config["num-partitions"])
-    return site_data(cfg, site_id, num_sites)
+    """The site's own records: its data file in a deployment (node config ``data-path``), or its
+    partition of the scenario's data in a simulation."""
+    node = context.node_config
+    site_id = int(node.get("partition-id", 0))
+    if "data-path" in node:
+        return local_site_data(cfg, str(node["data-path"]), site_id)
+    return site_data(cfg, site_id, int(node["num-partitions"]))
 
 
 def _plan(cfg: RunConfig) -> LocalPlan:
@@ -54,11 +58,11 @@ class DatasetMeta:
     records: int
 
 
-def _dataset_meta(context: Context, cfg: RunConfig, site_id: int, num_sites: int) -> DatasetMeta:
+def _dataset_meta(context: Context, cfg: RunConfig) -> DatasetMeta:
     """The site's dataset fingerprint and size, computed once and kept in the node state, so
     the budget check needs no access to the records."""
     if _META_KEY not in context.state:
-        train = site_data(cfg, site_id, num_sites).train
+        train = _node_site(context, cfg).train
         context.state[_META_KEY] = ConfigRecord({"fingerprint": dataset_fingerprint(train), "records": len(train)})
     rec = context.state[_META_KEY]
     return DatasetMeta(str(rec["fingerprint"]), int(rec["records"]))
@@ -128,7 +132,6 @@ class SiteSettings:
     scenario stands in for every site. The server's run config can never loosen these."""
 
     site_id: int
-    num_sites: int
     name: str
     paths: SitePaths
     budget: Budget
@@ -137,7 +140,7 @@ class SiteSettings:
 
 def site_settings(context: Context, cfg: RunConfig) -> SiteSettings:
     node = context.node_config
-    site_id = int(node["partition-id"])
+    site_id = int(node.get("partition-id", 0))
     name = str(node.get("site-name", f"site-{site_id}"))
     if "state-dir" in node:
         root = Path(str(node["state-dir"]))
@@ -149,22 +152,16 @@ def site_settings(context: Context, cfg: RunConfig) -> SiteSettings:
     )
     # A site that sets its own budget only ever trains with DP, whatever the run config says.
     require_dp = bool(node.get("require-dp", "budget-epsilon" in node))
-    return SiteSettings(site_id, int(node["num-partitions"]), name, paths, budget, require_dp)
+    return SiteSettings(site_id, name, paths, budget, require_dp)
 
 
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     settings = site_settings(context, cfg)
-    site_id, num_sites, site, paths, budget = (
-        settings.site_id,
-        settings.num_sites,
-        settings.name,
-        settings.paths,
-        settings.budget,
-    )
+    site_id, site, paths, budget = settings.site_id, settings.name, settings.paths, settings.budget
     config = msg.content[rk.CONFIG]
     server_round = int(config[rk.SERVER_ROUND])
     job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
-    meta = _dataset_meta(context, cfg, site_id, num_sites)
+    meta = _dataset_meta(context, cfg)
     ledger = SiteLedger(paths, site)
     released = ledger.released(job, server_round)
     if released is not None:
@@ -206,7 +203,7 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         planned_epsilon = decision.after
 
     model = _global_model(msg, cfg)
-    train = site_data(cfg, site_id, num_sites).train
+    train = _node_site(context, cfg).train
     seed = (cfg.seed * 1_000_003 + site_id * 1_009 + server_round) % 2**31
     result = train_local(model, train, plan, privacy=privacy, seed=seed)
     names = list(model.state_dict().keys())

@@ -50,6 +50,10 @@ class RunConfig:
     min_site_records: int = 4
     # model
     model: str = "mlp"
+    # Shape of one record ("30", "1,28,28") and class count: lets a server that holds no data
+    # (a deployment) build the model; empty/0 = read them from the data.
+    input_shape: str = ""
+    num_classes: int = 0
     hidden: str = "16"
     channels: str = "16,32"
     # federation
@@ -125,7 +129,13 @@ class RunConfig:
             "must be one of " + ", ".join(s.value for s in Strategy),
             self.strategy,
         )
-        for key, value in (("hidden", self.hidden), ("channels", self.channels)):
+        _check(
+            self.num_classes == 0 or self.num_classes >= 2,
+            "num-classes",
+            "must be >= 2 (or 0 = from the data)",
+            self.num_classes,
+        )
+        for key, value in (("hidden", self.hidden), ("channels", self.channels), ("input-shape", self.input_shape)):
             try:
                 widths = _int_list(value)
             except ValueError:
@@ -165,6 +175,10 @@ class RunConfig:
     @property
     def hidden_layers(self) -> tuple[int, ...]:
         return _int_list(self.hidden)
+
+    @property
+    def record_shape(self) -> tuple[int, ...]:
+        return _int_list(self.input_shape)
 
     @property
     def channel_layers(self) -> tuple[int, ...]:

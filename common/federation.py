@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import numpy as np
+
 from common.config import RunConfig
 from common.credit import synthetic_credit
 from common.dataset import Dataset, Modality, stratified_split
@@ -67,13 +69,21 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
 
 
 def model_spec(cfg: RunConfig) -> ModelSpec:
-    pool, _ = pool_and_test(cfg)
     kind = ModelKind(cfg.model)
-    if kind is ModelKind.CNN and pool.modality is not Modality.IMAGE:
-        raise ConfigError(f"model 'cnn' needs image data, but {pool.source} is tabular; use model 'mlp'")
-    if kind is ModelKind.MLP and pool.modality is Modality.IMAGE:
-        raise ConfigError(f"model 'mlp' needs tabular data, but {pool.source} holds images; use model 'cnn'")
-    return ModelSpec(kind, pool.record_shape, pool.num_classes, cfg.hidden_layers, cfg.channel_layers)
+    if cfg.input_shape and cfg.num_classes:  # stated in the config: no data needed (a deployed server)
+        shape, classes, source = cfg.record_shape, cfg.num_classes, "input-shape"
+        modality = Modality.IMAGE if len(shape) == 3 else Modality.TABULAR
+    else:
+        pool, _ = pool_and_test(cfg)
+        shape, classes, source, modality = pool.record_shape, pool.num_classes, pool.source, pool.modality
+    if kind is ModelKind.CNN and modality is not Modality.IMAGE:
+        raise ConfigError(f"model 'cnn' needs image data, but {source} is tabular; use model 'mlp'")
+    if kind is ModelKind.MLP and modality is Modality.IMAGE:
+        raise ConfigError(f"model 'mlp' needs tabular data, but {source} holds images; use model 'cnn'")
+    try:
+        return ModelSpec(kind, shape, classes, cfg.hidden_layers, cfg.channel_layers)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _scaled(train: Dataset, *others: Dataset) -> list[Dataset]:
@@ -110,6 +120,26 @@ def _site_split(local: Dataset, cfg: RunConfig, site_id: int):
     order = rng.permutation(len(local))
     n_val = max(1, int(round(cfg.val_fraction * len(local))))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+@functools.lru_cache(maxsize=4)
+def local_site_data(cfg: RunConfig, data_path: str, site_id: int = 0) -> SiteData:
+    """A deployed site's own data file (node config ``data-path``), in the format the job names
+    (csv / npz / image-folder): all of it is the site's, split into train and validation."""
+    local, test = load_source(cfg.replace(data_path=data_path))
+    if test is not None:  # an npz with a test split: the site keeps it for validation too
+        local = Dataset(
+            np.concatenate([local.x, test.x]),
+            np.concatenate([local.y, test.y]),
+            local.num_classes,
+            local.modality,
+            local.source,
+        )
+    if len(local) < cfg.min_site_records:
+        raise DataError(f"{data_path}: {len(local)} records, fewer than min-site-records={cfg.min_site_records}")
+    train_idx, val_idx = _site_split(local, cfg, site_id)
+    train, val = _scaled(local.subset(train_idx), local.subset(val_idx))
+    return SiteData(site_id, train, val)
 
 
 def site_data(cfg: RunConfig, site_id: int, num_sites: int) -> SiteData:
