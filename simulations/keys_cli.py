@@ -119,8 +119,8 @@ def provision_deployment(directory: Path, sites: list[str], server_names: list[s
         lines.append(
             f"flower-supernode --root-certificates {ca_crt} --superlink {superlink} "
             f"--auth-supernode-private-key {nodes / (site + '.key')} "
-            f'--node-config "partition-id={i} num-partitions={len(sites)} site-name={site} '
-            f'state-dir=/srv/fedshield/{site} budget-epsilon=1.0" --host 127.0.0.1 --port {9094 + i}'
+            f'--node-config \'partition-id={i} num-partitions={len(sites)} site-name="{site}" '
+            f'state-dir="/srv/fedshield/{site}" budget-epsilon=1.0\' --host 127.0.0.1 --port {9094 + i}'
         )
     lines += ["", "# 4. On the server: launch a job", 'flwr run . fedshield --run-config "rounds=5" --stream']
     return lines
