@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from client.budget import Budget, decide
 from client.dp_trainer import LocalPlan, PrivacyPlan, evaluate, sampling, train_local
+from client.secagg import make_legacy_fit_adapter, secagg_when_asked
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
 from common import keys
 from common import records as rk
@@ -257,11 +258,19 @@ def handle_evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
 
 
 def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None) -> ClientApp:
-    """A ClientApp bound to ``cfg``, or (``None``) reading it from Flower's run config."""
-    app = ClientApp(mods=mods or [])
+    """A ClientApp bound to ``cfg``, or (``None``) reading it from Flower's run config.
+
+    SecAgg+ (used when the server runs a round with secure aggregation) wraps the same train
+    handler; ``mods`` (e.g. simulated attacks) run outside it."""
 
     def resolve(context: Context) -> RunConfig:
         return cfg if cfg is not None else _config_from_run_config(tuple(sorted(context.run_config.items())))
+
+    def names_for(context: Context) -> list[str]:
+        resolved = resolve(context)
+        return list(build_model(model_spec(resolved), seed=resolved.seed).state_dict().keys())
+
+    app = ClientApp(mods=[*(mods or []), secagg_when_asked, make_legacy_fit_adapter(names_for)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -11,6 +11,7 @@ update of weight zero, which adds exactly nothing to the masked sum.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -32,6 +33,7 @@ Handler = Callable[[Message, Context], Message]
 def secagg_when_asked(msg: Message, ctxt: Context, call_next: Handler) -> Message:
     """Run SecAgg+ only for rounds the server runs with secure aggregation."""
     if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content:
+        logging.getLogger("flwr").setLevel(logging.INFO)  # the mod logs every stage at DEBUG
         return secaggplus_mod(msg, ctxt, call_next)
     return call_next(msg, ctxt)
 

@@ -69,6 +69,13 @@ class RunConfig:
     krum_select: int = 2  # multi-krum: updates averaged
     max_update_norm: float = 0.0  # reject updates with ||w_site - w_global|| above this; 0 = no bound
     attack: str = ""  # simulation only: e.g. "site-2:scale=-10" (see simulations/attacks.py)
+    # Secure aggregation (Flower's SecAgg+): the server learns only the sum of the updates.
+    secure_aggregation: bool = False
+    secagg_shares: float = 1.0  # share count: fraction of the sampled sites (<= 1) or a count (> 1)
+    secagg_threshold: float = 0.75  # shares needed to unmask: fraction of the shares (<= 1) or a count
+    secagg_clipping_range: float = 8.0  # |weight| values beyond this are clipped before quantization
+    secagg_max_weight: float = 1000.0  # largest per-site weight (records) the quantization expects
+    secagg_timeout: float = 0.0  # seconds per protocol stage (includes local training); 0 = no limit
     # local training
     local_epochs: float = 1.0
     batch_size: int = 128
@@ -146,6 +153,24 @@ class RunConfig:
         _check(self.num_malicious >= 0, "num-malicious", "must be >= 0", self.num_malicious)
         _check(self.krum_select >= 1, "krum-select", "must be >= 1", self.krum_select)
         _check(self.max_update_norm >= 0, "max-update-norm", "must be >= 0 (0 = no bound)", self.max_update_norm)
+        if self.secure_aggregation:
+            _check(
+                self.strategy in ("fedavg", "fedprox"),
+                "strategy",
+                "must be fedavg or fedprox with secure-aggregation (robust rules need individual updates)",
+                self.strategy,
+            )
+            _check(
+                self.max_update_norm == 0,
+                "max-update-norm",
+                "must be 0 with secure-aggregation (the server cannot inspect masked updates)",
+                self.max_update_norm,
+            )
+        _check(self.secagg_shares > 0, "secagg-shares", "must be > 0", self.secagg_shares)
+        _check(self.secagg_threshold > 0, "secagg-threshold", "must be > 0", self.secagg_threshold)
+        _check(self.secagg_clipping_range > 0, "secagg-clipping-range", "must be > 0", self.secagg_clipping_range)
+        _check(self.secagg_max_weight > 0, "secagg-max-weight", "must be > 0", self.secagg_max_weight)
+        _check(self.secagg_timeout >= 0, "secagg-timeout", "must be >= 0 (0 = no limit)", self.secagg_timeout)
         try:
             budgets = self.budgets
         except ValueError:

@@ -21,7 +21,7 @@ from common.config import Strategy as StrategyKind
 from common.evaluation import evaluate
 from common.federation import model_spec, server_test_set
 from common.models import build_model
-from server import checkpoint, report
+from server import checkpoint, report, secagg
 from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import SiteTracking
 
@@ -106,7 +106,12 @@ def _new_job_id() -> str:
 
 
 def run_server(
-    grid: Grid, cfg: RunConfig, out: Path, *, progress: Callable[[str], None] | None = None
+    grid: Grid,
+    cfg: RunConfig,
+    out: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    context: Context | None = None,
 ) -> dict[str, Any]:
     """Run the whole job on ``grid`` and write its results under ``out``; returns the metrics.
 
@@ -151,18 +156,31 @@ def run_server(
     )
     if ckpt is not None:
         tracking.rounds = ckpt.rounds
-    result = tracking.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=max(cfg.rounds - done, 0),
-        train_config=ConfigRecord({}),
-        evaluate_fn=central_evaluation(cfg, tracking),
-    )
+    if cfg.secure_aggregation:
+        tracking.offset = 0  # the secure loop counts rounds itself
+        final = secagg.run_secure_rounds(
+            grid,
+            context or Context(0, 0, {}, RecordDict(), {}),
+            cfg,
+            tracking,
+            initial,
+            start_round=done,
+            evaluate_fn=central_evaluation(cfg, tracking),
+        )
+    else:
+        result = tracking.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=max(cfg.rounds - done, 0),
+            train_config=ConfigRecord({}),
+            evaluate_fn=central_evaluation(cfg, tracking),
+        )
+        final = result.arrays or initial
     metrics = report.build_metrics(
         cfg, tracking.rounds, num_sites=num_sites, job=job, stopped_after=tracking.stopped_after
     )
     report.write_metrics(out, metrics)
-    report.write_model(out, (result.arrays or initial).to_torch_state_dict())
+    report.write_model(out, final.to_torch_state_dict())
     report.write_plot(out, metrics)
     return metrics
 
@@ -175,7 +193,7 @@ def make_server_app(cfg: RunConfig | None = None, *, progress: Callable[[str], N
     def main(grid: Grid, context: Context) -> None:
         resolved = cfg if cfg is not None else RunConfig.from_flat(context.run_config, source="run config")
         torch.manual_seed(resolved.seed)
-        run_server(grid, resolved, Path(resolved.out), progress=progress)
+        run_server(grid, resolved, Path(resolved.out), progress=progress, context=context)
 
     return app
 

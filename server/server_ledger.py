@@ -42,6 +42,7 @@ class ServerLedger:
         dropped: list[dict[str, Any]],
         aggregate_sha256: str | None,
         rejected: list[dict[str, Any]] | None = None,
+        secure_aggregation: bool = False,
     ) -> dict[str, Any]:
         return self.ledger.append(
             {
@@ -54,6 +55,7 @@ class ServerLedger:
                 "refused": refused,
                 "dropped": dropped,
                 "rejected": rejected or [],
+                "secure_aggregation": secure_aggregation,
                 "aggregate_sha256": aggregate_sha256,
             }
         )

@@ -84,15 +84,33 @@ class SiteTracking(Strategy):
     def stopped(self) -> bool:
         return self.stopped_after is not None
 
+    def log_for(self, server_round: int) -> RoundLog:
+        return self._log(server_round)
+
+    def round_started(self) -> None:
+        self._t0 = time.monotonic()
+
+    def should_stop(self, server_round: int, grid: Grid) -> bool:
+        """True (and the job is marked stopped) once every site has refused for lack of budget."""
+        if not self.stopped and self.exhausted and self.exhausted >= set(grid.get_node_ids()):
+            self.stopped_after = server_round - 1
+            self._progress(f"stopping after round {server_round - 1}: every site has refused (budget exhausted)")
+        return self.stopped
+
+    def asked(self, server_round: int, nodes: list[int]) -> None:
+        self._asked = list(nodes)
+        self._log(server_round).sites_asked = len(nodes)
+
+    @property
+    def asked_nodes(self) -> list[int]:
+        return self._asked
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         server_round += self.offset
-        self._t0 = time.monotonic()
-        if not self.stopped and self.exhausted and self.exhausted >= set(grid.get_node_ids()):
-            self.stopped_after = server_round - 1
-            self._progress(f"stopping after round {server_round - 1}: every site has refused (budget exhausted)")
-        if self.stopped:
+        self.round_started()
+        if self.should_stop(server_round, grid):
             return []
         config[rk.JOB_ID] = self.job
         self._global = arrays
@@ -102,8 +120,7 @@ class SiteTracking(Strategy):
             for m in self.inner.configure_train(server_round, arrays, config, grid)
             if m.metadata.dst_node_id not in self.exhausted
         ]
-        self._asked = [m.metadata.dst_node_id for m in messages]
-        self._log(server_round).sites_asked = len(messages)
+        self.asked(server_round, [m.metadata.dst_node_id for m in messages])
         return messages
 
     def aggregate_train(

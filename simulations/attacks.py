@@ -3,7 +3,8 @@ update a chosen site sends. Only the simulation harness installs it; an attacked
 ledger still records its honest update, so ``fedshield audit`` flags the tampering.
 
 Spec: ``"site-2:scale=-10"`` sends ``global + (-10) * (local - global)`` from site 2
-(``scale=-1`` is a sign flip), ``"site-0:nan"`` sends NaNs. Several: comma-separated.
+(``scale=-1`` is a sign flip), ``"site-0:nan"`` sends NaNs, ``"site-3:drop=2"`` makes site 3
+crash in round 2 (mid-protocol under secure aggregation). Several: comma-separated.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from common.errors import ConfigError
 class Attack:
     site: int
     scale: float | None  # None: send NaNs
+    drop_round: int = 0  # > 0: the site drops out (crashes) in that round instead
 
 
 def parse_attacks(spec: str) -> dict[int, Attack]:
@@ -32,21 +34,42 @@ def parse_attacks(spec: str) -> dict[int, Attack]:
             site_id = int(site.removeprefix("site-"))
             if how == "nan":
                 attacks[site_id] = Attack(site_id, None)
+            elif how.startswith("drop="):
+                attacks[site_id] = Attack(site_id, None, drop_round=int(how.removeprefix("drop=")))
             elif how.startswith("scale="):
                 attacks[site_id] = Attack(site_id, float(how.removeprefix("scale=")))
             else:
                 raise ValueError(how)
         except ValueError:
-            raise ConfigError(f"attack must look like 'site-2:scale=-10' or 'site-0:nan', got {item!r}") from None
+            raise ConfigError(
+                f"attack must look like 'site-2:scale=-10', 'site-0:nan' or 'site-3:drop=2', got {item!r}"
+            ) from None
     return attacks
+
+
+def _maybe_drop(msg: Message, attack: Attack) -> None:
+    """Crash in the attack's round: with SecAgg+, after the key exchange, when the masked update
+    is due (the hardest moment for the protocol); without it, when training is asked."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+    if RECORD_KEY_CONFIGS in msg.content:
+        stage = msg.content[RECORD_KEY_CONFIGS].get(Key.STAGE)
+        if msg.metadata.group_id == str(attack.drop_round) and stage == Stage.COLLECT_MASKED_VECTORS:
+            raise RuntimeError(f"site-{attack.site} dropped out in round {attack.drop_round}")
+    elif rk.CONFIG in msg.content and int(msg.content[rk.CONFIG].get(rk.SERVER_ROUND, 0)) == attack.drop_round:
+        raise RuntimeError(f"site-{attack.site} dropped out in round {attack.drop_round}")
 
 
 def attack_mod(spec: str) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:
     attacks = parse_attacks(spec)
 
     def mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
-        reply = call_next(msg, context)
         attack = attacks.get(int(context.node_config["partition-id"]))
+        if attack is not None and attack.drop_round and msg.metadata.message_type == MessageType.TRAIN:
+            _maybe_drop(msg, attack)
+        reply = call_next(msg, context)
+        if attack is not None and attack.drop_round:
+            return reply
         if attack is None or msg.metadata.message_type != MessageType.TRAIN or rk.ARRAYS not in reply.content:
             return reply
         sent, base = reply.content[rk.ARRAYS], msg.content[rk.ARRAYS].to_numpy_ndarrays()
