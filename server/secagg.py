@@ -135,6 +135,24 @@ class TrackedFedAvg(LegacyFedAvg):
             )
         return params, metrics
 
+    def record_halted(self, server_round: int) -> None:
+        """The protocol gave up (too few sites left to unmask): nothing was aggregated, the model
+        stays as it was; sites that trained have spent, and the ledger says why their updates
+        were not used."""
+        reason = "secure aggregation halted: fewer sites than the reconstruction threshold"
+        self.tracking.log_for(server_round).failures.append(reason)
+        if self.tracking.ledger is not None:
+            self.tracking.ledger.record_round(
+                job=self.tracking.job,
+                server_round=server_round,
+                asked=self.tracking.asked_nodes,
+                updated=[],
+                refused=[],
+                dropped=[{"reason": reason}],
+                secure_aggregation=True,
+                aggregate_sha256=None,
+            )
+
     def to_arrays(self, weights: list[np.ndarray]) -> ArrayRecord:
         return ArrayRecord(
             array_dict={n: Array(w.astype(np.float32)) for n, w in zip(self.names, weights, strict=True)}
@@ -193,6 +211,8 @@ def run_secure_rounds(
             workflow(grid, legacy)  # setup, share keys, collect masked updates, unmask
             if server_round in strategy.completed:
                 current = strategy.to_arrays(legacy.state.array_records[MAIN_PARAMS_RECORD].to_numpy_ndarrays())
+            else:
+                strategy.record_halted(server_round)
             messages = list(tracking.configure_evaluate(server_round, current, ConfigRecord({}), grid))
             replies = grid.send_and_receive(messages) if messages else []
             tracking.aggregate_evaluate(server_round, replies)
