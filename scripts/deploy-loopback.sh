@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real deployment on this machine's loopback: a SuperLink with TLS and SuperNode
 # authentication, two registered sites with their own budgets and ledgers, a two-round DP job
-# launched with `flwr run`, the audit of every ledger, and two intruders that must be refused.
+# with secure aggregation launched with `flwr run`, the audit of every ledger, and two intruders
+# that must be refused.
 # Every process it starts is stopped by its process id when it ends.
 # Usage: bash scripts/deploy-loopback.sh [WORKDIR]   (default runs/deployment; wiped first)
 set -euo pipefail
@@ -75,9 +76,9 @@ for _ in $(seq 1 300); do
 done
 [ $online = 1 ] || { tail -5 "$D"/logs/supernode-*.log; echo "the SuperNodes did not come online"; exit 1; }
 
-step "5. a two-round DP job with flwr run"
-FLWR_HOME=$D/flwr-home timeout 600 flwr run "$APP" fedshield --run-config "rounds=2 sites=2 out='$D/server'" \
-  --stream > "$D/logs/run.log" 2>&1
+step "5. a two-round DP job with secure aggregation, launched with flwr run"
+FLWR_HOME=$D/flwr-home timeout 600 flwr run "$APP" fedshield \
+  --run-config "rounds=2 sites=2 secure-aggregation=true out='$D/server'" --stream > "$D/logs/run.log" 2>&1
 run_id=$(grep -oE 'Successfully started run [0-9]+' "$D/logs/run.log" | awk '{print $4}')
 status=$(FLWR_HOME=$D/flwr-home flwr ls fedshield --run-id "$run_id" --format json \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         "--compare-no-dp", action="store_true", help="also run the same scenario without DP and show both accuracies"
     )
     sim.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="SecAgg+: the server learns only the sum of the sites' updates (see the README's trade-offs)",
+    )
+    sim.add_argument(
         "--resume", action="store_true", help="continue the job checkpointed in the state folder from its next round"
     )
     sim.add_argument(
@@ -89,6 +94,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides["dp"] = False
     if args.resume:
         overrides["resume"] = True
+    if args.secure_aggregation:
+        overrides["secure-aggregation"] = True
     if args.epsilon is not None and args.noise_multiplier is None:
         overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
     # Absolute: the simulated sites run in worker processes that may not share our cwd.

@@ -1,5 +1,6 @@
 """A real deployment on loopback: a SuperLink with TLS and SuperNode authentication, two
-registered SuperNodes, a two-round DP job launched with `flwr run`, the ledgers audited; an
+registered SuperNodes, a two-round DP job with secure aggregation launched with `flwr run`,
+the ledgers audited; an
 unregistered node is refused and a node without the CA certificate cannot connect.
 
 It runs scripts/deploy-loopback.sh, the same commands the README's deployment section shows
@@ -24,6 +25,11 @@ def test_tls_authenticated_deployment_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"run \d+: finished:completed", out)
     assert "VERIFIED" in out and out.count("  OK") == 2
     metrics = json.loads((work / "server" / "metrics.json").read_text())
+    server_rounds = [
+        json.loads(line) for line in (work / "server" / "server" / "ledger.jsonl").read_text().splitlines()
+    ]
+    masked = [e for e in server_rounds if e["kind"] == "round"]
+    assert len(masked) == 2 and all(e["secure_aggregation"] and len(e["updated"]) == 2 for e in masked)
     assert [r["round"] for r in metrics["rounds"]] == [1, 2]
     assert all(0 < s["epsilon"] <= 1.0 for s in metrics["final"]["sites"].values())
     for site in ("site-0", "site-1"):  # each site's ledger and key live at the site, under its own name
