@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from common import records as rk
 from common.config import RunConfig
-from server.tracking import SiteTracking, arrays_hash
+from server.tracking import SiteTracking
 
 REPORT = "report."
 
@@ -122,17 +122,14 @@ class TrackedFedAvg(LegacyFedAvg):
         if params is not None:
             self.completed.add(server_round)
             aggregate = self.to_arrays(parameters_to_ndarrays(params))
-        if self.tracking.ledger is not None:
-            self.tracking.ledger.record_round(
-                job=self.tracking.job,
-                server_round=server_round,
-                asked=self.tracking.asked_nodes,
-                updated=updated,
-                refused=refused,
-                dropped=dropped,
-                secure_aggregation=True,
-                aggregate_sha256=arrays_hash(aggregate) if aggregate is not None else None,
-            )
+        self.tracking.record_round(
+            server_round,
+            updated=updated,
+            refused=refused,
+            dropped=dropped,
+            aggregate=aggregate,
+            secure_aggregation=True,
+        )
         return params, metrics
 
     def record_halted(self, server_round: int) -> None:
@@ -141,17 +138,9 @@ class TrackedFedAvg(LegacyFedAvg):
         were not used."""
         reason = "secure aggregation halted: fewer sites than the reconstruction threshold"
         self.tracking.log_for(server_round).failures.append(reason)
-        if self.tracking.ledger is not None:
-            self.tracking.ledger.record_round(
-                job=self.tracking.job,
-                server_round=server_round,
-                asked=self.tracking.asked_nodes,
-                updated=[],
-                refused=[],
-                dropped=[{"reason": reason}],
-                secure_aggregation=True,
-                aggregate_sha256=None,
-            )
+        self.tracking.record_round(
+            server_round, updated=[], refused=[], dropped=[{"reason": reason}], secure_aggregation=True
+        )
 
     def to_arrays(self, weights: list[np.ndarray]) -> ArrayRecord:
         return ArrayRecord(

@@ -101,9 +101,31 @@ class SiteTracking(Strategy):
         self._asked = list(nodes)
         self._log(server_round).sites_asked = len(nodes)
 
-    @property
-    def asked_nodes(self) -> list[int]:
-        return self._asked
+    def record_round(
+        self,
+        server_round: int,
+        *,
+        updated: list[dict],
+        refused: list[dict],
+        dropped: list[dict],
+        rejected: list[dict] | None = None,
+        aggregate: ArrayRecord | None = None,
+        secure_aggregation: bool = False,
+    ) -> None:
+        """The round's entry in the server ledger (when there is one)."""
+        if self.ledger is None:
+            return
+        self.ledger.record_round(
+            job=self.job,
+            server_round=server_round,
+            asked=self._asked,
+            updated=updated,
+            refused=refused,
+            dropped=dropped,
+            rejected=rejected,
+            secure_aggregation=secure_aggregation,
+            aggregate_sha256=arrays_hash(aggregate) if aggregate is not None else None,
+        )
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -159,17 +181,9 @@ class SiteTracking(Strategy):
             updated.append({**item, "num_examples": int(m[rk.NUM_EXAMPLES])})
             updates.append(msg)
         arrays, metrics = self.inner.aggregate_train(server_round, updates) if updates else (None, None)
-        if self.ledger is not None:
-            self.ledger.record_round(
-                job=self.job,
-                server_round=server_round,
-                asked=self._asked,
-                updated=updated,
-                refused=refused,
-                dropped=dropped,
-                rejected=rejected,
-                aggregate_sha256=arrays_hash(arrays) if arrays is not None else None,
-            )
+        self.record_round(
+            server_round, updated=updated, refused=refused, dropped=dropped, rejected=rejected, aggregate=arrays
+        )
         return arrays, metrics
 
     def configure_evaluate(

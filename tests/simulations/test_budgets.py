@@ -20,9 +20,16 @@ def _site_entries(state: Path, site: str) -> list[dict]:
 
 
 def test_small_budget_site_stops_partway_while_others_continue(tmp_path: Path) -> None:
-    # Fixed noise 3.0 at sample rate 1: epsilon 1.28, 1.88, 2.35, ... after rounds 1, 2, 3.
+    # Fixed noise 3.0 at sample rate 1 (site 1 holds 94 records, batch 128): epsilon 1.28, 1.88,
+    # 2.35, ... after rounds 1, 2, 3.
     cfg = load_scenario("hospitals-tabular").replace(
-        sites=3, rounds=4, noise_multiplier=3.0, epsilon=10.0, site_budgets="site-1=2.0", out=str(tmp_path)
+        sites=3,
+        rounds=4,
+        batch_size=128,
+        noise_multiplier=3.0,
+        epsilon=10.0,
+        site_budgets="site-1=2.0",
+        out=str(tmp_path),
     )
     m = simulate(cfg, **QUIET)
     trained = {s: [r["round"] for r in m["rounds"] if r["sites"][s]["trained"]] for s in ("0", "1", "2")}

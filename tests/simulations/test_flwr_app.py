@@ -34,7 +34,9 @@ def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     )
     pyproject_before = (ROOT / "pyproject.toml").read_text()
     out = tmp_path / "out"
-    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    # `flwr run` starts `flower-superlink` by name: the venv's bin must be on PATH (CI does not activate it).
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
     try:
         proc = subprocess.run(
             [flwr, "run", str(ROOT), "--run-config", f"rounds=1 out='{out}'", "--stream"],
