@@ -1,8 +1,10 @@
 """The ClientApp each site runs.
 
-train: receive the global model, run one round of local DP-SGD on the site's own training
-records, append the round's mechanism to the site's privacy history, and reply with the new
-weights and the cumulative (epsilon, delta) of everything this site has released so far.
+train: read the site's spend on its dataset back from its ledger and decide (the veto) whether
+the planned round fits its budget, before touching the records; if it does, run one round of
+local DP-SGD, write the signed ledger entry (fsync-ed), and only then reply with the new
+weights and the cumulative (epsilon, delta) of everything this site has released on its data.
+A round already answered is answered again with the same update, never retrained.
 evaluate: score the global model on the site's own held-out validation records.
 """
 
