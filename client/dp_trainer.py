@@ -61,7 +61,6 @@ class PrivacyPlan:
 class LocalResult:
     weights: list[np.ndarray]
     num_examples: int
-    train_loss: float
     event: DpSgdEvent | None  # None when trained without DP
 
 
@@ -143,7 +142,7 @@ def train_local(
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
     model.train()
-    total_loss, batches, done = 0.0, 0, 0
+    done = 0
     while done < steps:
         for xb, yb in loader:
             optimizer.zero_grad(set_to_none=True)
@@ -153,8 +152,6 @@ def train_local(
                     # Opacus's hooks fire on module outputs when inputs need no grad: expected.
                     warnings.filterwarnings("ignore", message="Full backward hook is firing")
                     loss.backward()
-                total_loss += float(loss.detach())
-                batches += 1
             else:
                 # An empty Poisson batch is still a step: Opacus adds pure noise.
                 _empty_step_grads(model, privacy is not None)
@@ -180,7 +177,6 @@ def train_local(
     return LocalResult(
         weights=get_weights(model),
         num_examples=len(data),
-        train_loss=total_loss / max(batches, 1),
         event=event,
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import secrets
 import sys
 from collections.abc import Callable
@@ -24,8 +23,6 @@ from common.models import build_model
 from server import checkpoint, report, secagg
 from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import SiteTracking
-
-log = logging.getLogger(__name__)
 
 
 def _stderr(line: str) -> None:
