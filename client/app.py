@@ -29,7 +29,7 @@ from common.config import RunConfig, Strategy
 from common.errors import ConfigError
 from common.federation import SiteData, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, dataset_fingerprint
-from common.models import build_model
+from common.models import build_model, exchanged_keys, load_exchanged
 
 _SIGMA_KEY = "fedshield.noise"
 _META_KEY = "fedshield.dataset"
@@ -99,7 +99,7 @@ def _noise_multiplier(
 
 def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
     model = build_model(model_spec(cfg), seed=cfg.seed)
-    model.load_state_dict(msg.content[rk.ARRAYS].to_torch_state_dict(), strict=True)
+    load_exchanged(model, msg.content[rk.ARRAYS].to_torch_state_dict())
     return model
 
 
@@ -202,14 +202,14 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         if not decision.allowed:
             ledger.record_refusal(**entry_common, reason=decision.reason, spent=decision.spent)
             return _refusal(msg, site_id, site, decision.reason, decision.spent)
-        privacy = PrivacyPlan(sigma, cfg.max_grad_norm)
+        privacy = PrivacyPlan(sigma, cfg.max_grad_norm, cfg.grad_sample_mode)
         planned_epsilon = decision.after
 
     model = _global_model(msg, cfg)
     train = _node_site(context, cfg).train
     seed = (cfg.seed * 1_000_003 + site_id * 1_009 + server_round) % 2**31
     result = train_local(model, train, plan, privacy=privacy, seed=seed)
-    names = list(model.state_dict().keys())
+    names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
     metrics: dict[str, float | int] = {
         rk.NUM_EXAMPLES: result.num_examples,
@@ -270,7 +270,7 @@ def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None) -
 
     def names_for(context: Context) -> list[str]:
         resolved = resolve(context)
-        return list(build_model(model_spec(resolved), seed=resolved.seed).state_dict().keys())
+        return exchanged_keys(build_model(model_spec(resolved), seed=resolved.seed))
 
     app = ClientApp(mods=[*(mods or []), secagg_when_asked, make_legacy_fit_adapter(names_for)])
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from common.accounting import DpSgdEvent
 from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
+from common.models import exchanged_state
 
 
 @dataclass(frozen=True)
@@ -45,12 +46,24 @@ class LocalPlan:
             raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
 
 
+GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+
+
 @dataclass(frozen=True)
 class PrivacyPlan:
+    """The mechanism's parameters, and how Opacus computes per-example gradients: ``hooks``
+    (module hooks), ``functorch`` (vmap), ``ew`` (torch expanded weights) or ``ghost`` (ghost
+    clipping: per-example norms without materialising per-example gradients, least memory).
+    All four compute the same clipped sum; the mode changes only speed and memory."""
+
     noise_multiplier: float
     max_grad_norm: float
+    grad_sample_mode: str = "hooks"
 
     def __post_init__(self) -> None:
+        if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
+            modes = ", ".join(GRAD_SAMPLE_MODES)
+            raise ValueError(f"grad_sample_mode must be one of {modes}, got {self.grad_sample_mode!r}")
         if not self.noise_multiplier > 0:
             raise ValueError(f"noise_multiplier must be > 0, got {self.noise_multiplier}")
         if not self.max_grad_norm > 0:
@@ -77,14 +90,8 @@ def sampling(num_records: int, plan: LocalPlan) -> tuple[float, int]:
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:
-    return [v.detach().cpu().numpy().copy() for v in model.state_dict().values()]
-
-
-def set_weights(model: nn.Module, weights: list[np.ndarray]) -> None:
-    keys = list(model.state_dict().keys())
-    if len(keys) != len(weights):
-        raise ValueError(f"model has {len(keys)} tensors, got {len(weights)} arrays")
-    model.load_state_dict({k: torch.as_tensor(w) for k, w in zip(keys, weights, strict=True)}, strict=True)
+    """The tensors that travel to the server (:func:`common.models.exchanged_keys`), in order."""
+    return [v.detach().cpu().numpy().copy() for v in exchanged_state(model).values()]
 
 
 def _tensors(data: Dataset, device: torch.device) -> TensorDataset:
@@ -109,13 +116,13 @@ def train_local(
     import copy
 
     model = copy.deepcopy(model).to(device)
-    global_params = [p.detach().clone() for p in model.parameters()]
+    global_params = [p.detach().clone() for p in _params(model)]
     sample_rate, steps = sampling(len(data), plan)
     # Sampling draws indices on the CPU; noise is drawn where the gradients live.
     sampling_rng = torch.Generator().manual_seed(seed)
     noise_rng = torch.Generator(device=device).manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=plan.learning_rate)
-    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(_params(model), lr=plan.learning_rate)
+    loss_fn: nn.Module = nn.CrossEntropyLoss()
 
     if privacy is not None:
         from opacus import PrivacyEngine
@@ -129,15 +136,21 @@ def train_local(
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="prv")
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, generator=sampling_rng)
-        model, optimizer, loader = engine.make_private(
+        private = engine.make_private(
             module=model,
             optimizer=optimizer,
+            criterion=loss_fn,
             data_loader=loader,
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
             poisson_sampling=True,
             noise_generator=noise_rng,
+            grad_sample_mode=privacy.grad_sample_mode,
         )
+        if privacy.grad_sample_mode == "ghost":  # the loss runs both backward passes
+            model, optimizer, loss_fn, loader = private
+        else:
+            model, optimizer, loader = private
     else:
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
@@ -154,7 +167,7 @@ def train_local(
                     loss.backward()
             else:
                 # An empty Poisson batch is still a step: Opacus adds pure noise.
-                _empty_step_grads(model, privacy is not None)
+                _empty_step_grads(model, privacy)
             optimizer.step()
             if plan.proximal_mu > 0:
                 # FedProx's proximal term is data-independent: applied after the private
@@ -185,8 +198,13 @@ def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _empty_step_grads(model: nn.Module, private: bool) -> None:
-    if not private:
+def _empty_step_grads(model: nn.Module, privacy: PrivacyPlan | None) -> None:
+    """Gradients of an empty batch, in the form the mode's optimizer reads: per-example
+    gradients (none), or for ghost clipping the already clipped sum (zero)."""
+    if privacy is None:
         return
     for p in _params(model):
-        p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        if privacy.grad_sample_mode == "ghost":
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

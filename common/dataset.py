@@ -11,17 +11,20 @@ from common.errors import DataError
 
 
 class Modality(StrEnum):
-    """What a record looks like: a feature vector or an image (C, H, W)."""
+    """What a record looks like: a feature vector, an image (C, H, W) or a text as token ids."""
 
     TABULAR = "tabular"
     IMAGE = "image"
+    TEXT = "text"
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Records held in memory: ``x`` float32 features, ``y`` int64 labels in [0, num_classes).
+    """Records held in memory: ``x`` float32 features (int64 token ids for text), ``y`` int64
+    labels in [0, num_classes).
 
-    Tabular records have shape (d,); image records have shape (C, H, W) with values in [0, 1].
+    Tabular records have shape (d,); image records have shape (C, H, W) with values in [0, 1];
+    text records are int64 token ids of shape (L,), right-padded with the tokenizer's pad id.
     """
 
     x: np.ndarray

@@ -20,8 +20,8 @@ def evaluate(model: nn.Module, data: Dataset, *, device: torch.device | None = N
     x = torch.as_tensor(data.x, device=device)
     y = torch.as_tensor(data.y, device=device)
     loss_sum, correct = 0.0, 0
-    for i in range(0, len(y), 1024):
-        logits = model(x[i : i + 1024])
-        loss_sum += float(nn.functional.cross_entropy(logits, y[i : i + 1024], reduction="sum"))
-        correct += int((logits.argmax(1) == y[i : i + 1024]).sum())
+    for i in range(0, len(y), 256):
+        logits = model(x[i : i + 256])
+        loss_sum += float(nn.functional.cross_entropy(logits, y[i : i + 256], reduction="sum"))
+        correct += int((logits.argmax(1) == y[i : i + 256]).sum())
     return loss_sum / len(y), correct / len(y)

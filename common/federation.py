@@ -22,8 +22,11 @@ from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
 from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
 from common.models import ModelKind, ModelSpec
+from common.notes import DEPARTMENTS, synthetic_notes
 from common.partition import PartitionKind, PartitionSpec, partition
 from common.scaling import StandardScaler
+from common.text_loaders import TextTable, read_text_table, text_dataset
+from common.transformer import LoraSpec, load_tokenizer
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,10 @@ def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
         return load_sklearn(name), None
     if cfg.dataset == "synthetic:credit":
         return synthetic_credit(cfg.synthetic_records, seed=cfg.seed), None
-    if cfg.dataset in {"csv", "npz", "image-folder"} and not cfg.data_path:
+    if cfg.dataset == "synthetic:notes":
+        table = synthetic_notes(cfg.synthetic_records, seed=cfg.seed)
+        return _tokenized(cfg, table, classes=DEPARTMENTS), None
+    if cfg.dataset in {"csv", "npz", "image-folder", "text"} and not cfg.data_path:
         raise ConfigError(f"dataset {cfg.dataset!r} needs data-path (--data-path)")
     if cfg.dataset == "csv":
         if not cfg.label_column:
@@ -50,10 +56,20 @@ def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
         return load_npz(cfg.data_path)
     if cfg.dataset == "image-folder":
         return load_image_folder(cfg.data_path), None
+    if cfg.dataset == "text":
+        table = read_text_table(cfg.data_path, text_field=cfg.text_field, label_field=cfg.label_field)
+        return _tokenized(cfg, table), None
     raise ConfigError(
-        f"dataset must be one of sklearn:breast_cancer, sklearn:digits, synthetic:credit, csv, npz, "
-        f"image-folder, got {cfg.dataset!r}"
+        f"dataset must be one of sklearn:breast_cancer, sklearn:digits, synthetic:credit, synthetic:notes, csv, "
+        f"npz, image-folder, text, got {cfg.dataset!r}"
     )
+
+
+def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] | None = None) -> Dataset:
+    """Text tokenized offline with the tokenizer saved beside the transformer's weights."""
+    if cfg.model != "transformer":
+        raise ConfigError(f"dataset {cfg.dataset!r} holds text: it needs model 'transformer', not {cfg.model!r}")
+    return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
 
 
 @functools.lru_cache(maxsize=8)
@@ -68,20 +84,44 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     return pool, test
 
 
+_MODEL_FOR = {Modality.TABULAR: "mlp", Modality.IMAGE: "cnn or resnet", Modality.TEXT: "transformer"}
+_MODALITY_OF = {
+    ModelKind.MLP: Modality.TABULAR,
+    ModelKind.CNN: Modality.IMAGE,
+    ModelKind.RESNET: Modality.IMAGE,
+    ModelKind.TRANSFORMER: Modality.TEXT,
+}
+
+
 def model_spec(cfg: RunConfig) -> ModelSpec:
     kind = ModelKind(cfg.model)
-    if cfg.input_shape and cfg.num_classes:  # stated in the config: no data needed (a deployed server)
+    text = kind is ModelKind.TRANSFORMER
+    if cfg.num_classes and (cfg.input_shape or text):  # stated in the config: no data needed (a deployed server)
         shape, classes, source = cfg.record_shape, cfg.num_classes, "input-shape"
-        modality = Modality.IMAGE if len(shape) == 3 else Modality.TABULAR
+        modality = Modality.TEXT if text else Modality.IMAGE if len(shape) == 3 else Modality.TABULAR
     else:
         pool, _ = pool_and_test(cfg)
         shape, classes, source, modality = pool.record_shape, pool.num_classes, pool.source, pool.modality
-    if kind is ModelKind.CNN and modality is not Modality.IMAGE:
-        raise ConfigError(f"model 'cnn' needs image data, but {source} is tabular; use model 'mlp'")
-    if kind is ModelKind.MLP and modality is Modality.IMAGE:
-        raise ConfigError(f"model 'mlp' needs tabular data, but {source} holds images; use model 'cnn'")
+    if _MODALITY_OF[kind] is not modality:
+        raise ConfigError(
+            f"model {kind.value!r} needs {_MODALITY_OF[kind]} data, but {source} holds {modality} "
+            f"records; use model {_MODEL_FOR[modality]}"
+        )
+    if text:
+        shape = (cfg.max_length,)  # the records' own padded length does not shape the model
+    lora = LoraSpec(cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_names) if cfg.finetune == "lora" else None
     try:
-        return ModelSpec(kind, shape, classes, cfg.hidden_layers, cfg.channel_layers)
+        return ModelSpec(
+            kind,
+            shape,
+            classes,
+            cfg.hidden_layers,
+            cfg.channel_layers,
+            width=cfg.resnet_width,
+            pretrained_path=cfg.pretrained_path,
+            random_init=cfg.random_init,
+            lora=lora,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

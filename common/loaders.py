@@ -138,11 +138,11 @@ def table_from_rows(
         onehot[np.arange(len(rows)), [index[row[k]] for row in cats]] = 1.0
         blocks.append(onehot)
     x = np.concatenate(blocks, axis=1).astype(np.float32)
-    y, num_classes = _encode_labels(labels_raw)
+    y, num_classes = encode_labels(labels_raw)
     return Dataset(x, y, num_classes, Modality.TABULAR, source)
 
 
-def _encode_labels(raw: Sequence[str]) -> tuple[np.ndarray, int]:
+def encode_labels(raw: Sequence[str]) -> tuple[np.ndarray, int]:
     try:
         numbers = [float(v) for v in raw]
         classes: list = sorted(set(numbers))

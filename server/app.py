@@ -19,7 +19,7 @@ from common.config import RunConfig
 from common.config import Strategy as StrategyKind
 from common.evaluation import evaluate
 from common.federation import model_spec, server_test_set
-from common.models import build_model
+from common.models import build_model, exchanged_bytes, exchanged_keys, exchanged_state, load_exchanged
 from server import checkpoint, report, secagg
 from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import SiteTracking
@@ -89,13 +89,27 @@ def central_evaluation(cfg: RunConfig, tracking: SiteTracking) -> Callable[[int,
         metrics: dict[str, float] = {}
         if test is not None:
             model = build_model(spec, seed=cfg.seed)
-            model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+            load_exchanged(model, arrays.to_torch_state_dict())
             loss, accuracy = evaluate(model, test)
             metrics = {"loss": loss, "accuracy": accuracy}
         tracking.record_central(server_round, arrays, metrics)
         return MetricRecord(metrics) if metrics else None
 
     return evaluate_fn
+
+
+def model_summary(cfg: RunConfig, model: torch.nn.Module) -> dict[str, Any]:
+    """What the model is and what one update weighs (with LoRA, far less than the model)."""
+    params = list(model.parameters())
+    return {
+        "kind": cfg.model,
+        "finetune": cfg.finetune if cfg.model == "transformer" else "full",
+        "parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
+        "update_tensors": len(exchanged_keys(model)),
+        "update_bytes": exchanged_bytes(model),
+        "model_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+    }
 
 
 def _new_job_id() -> str:
@@ -124,7 +138,7 @@ def run_server(
     ckpt_path = paths.root / checkpoint.CHECKPOINT_FILE
     ckpt = checkpoint.load(ckpt_path) if cfg.resume else None
     strategy = build_strategy(cfg)
-    initial = ArrayRecord(model.state_dict())
+    initial = ArrayRecord(exchanged_state(model))
     job, done = _new_job_id(), 0
     if ckpt is not None:
         job, done = ckpt.job, ckpt.completed_round
@@ -174,7 +188,12 @@ def run_server(
         )
         final = result.arrays or initial
     metrics = report.build_metrics(
-        cfg, tracking.rounds, num_sites=num_sites, job=job, stopped_after=tracking.stopped_after
+        cfg,
+        tracking.rounds,
+        num_sites=num_sites,
+        job=job,
+        stopped_after=tracking.stopped_after,
+        model=model_summary(cfg, model),
     )
     report.write_metrics(out, metrics)
     report.write_model(out, final.to_torch_state_dict())

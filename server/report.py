@@ -23,7 +23,13 @@ PLOT_FILE = "training.png"
 
 
 def build_metrics(
-    cfg: RunConfig, rounds: list[RoundLog], *, num_sites: int, job: str = "", stopped_after: int | None = None
+    cfg: RunConfig,
+    rounds: list[RoundLog],
+    *,
+    num_sites: int,
+    job: str = "",
+    stopped_after: int | None = None,
+    model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metrics document: one entry per round, and a ``final`` section."""
     last_site: dict[int, dict[str, float]] = {}
@@ -61,6 +67,8 @@ def build_metrics(
                 "sites_asked": log.sites_asked,
                 "failures": log.failures,
                 "seconds": round(log.seconds, 3),
+                "bytes_to_sites": log.bytes_to_sites,
+                "bytes_from_sites": log.bytes_from_sites,
                 "sites": sites,
             }
         )
@@ -76,6 +84,7 @@ def build_metrics(
         "epsilon_budget": cfg.epsilon if cfg.dp else None,  # default; per-site in final.sites
         "delta": cfg.delta if cfg.dp else None,
         "accuracy_scored_on": "server test set" if cfg.centralized_eval else "sites' validation splits",
+        "model": model or {},
         "rounds": out_rounds,
         "final": {
             "round": final_round.get("round"),

@@ -39,10 +39,19 @@ class RoundLog:
     federated_eval: dict[str, float] = field(default_factory=dict)
     central_eval: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # Serialized tensor bytes of this round's training messages: the global model sent to the
+    # sites asked, and the updates received (with LoRA, adapters and head only).
+    bytes_to_sites: int = 0
+    bytes_from_sites: int = 0
 
 
 def arrays_hash(arrays: ArrayRecord) -> str:
     return arrays_sha256(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
+
+
+def arrays_nbytes(arrays: ArrayRecord) -> int:
+    """Bytes of the serialized tensors in ``arrays`` (what travels, framing aside)."""
+    return sum(len(a.data) for a in arrays.values())
 
 
 class SiteTracking(Strategy):
@@ -143,6 +152,7 @@ class SiteTracking(Strategy):
             if m.metadata.dst_node_id not in self.exhausted
         ]
         self.asked(server_round, [m.metadata.dst_node_id for m in messages])
+        self._log(server_round).bytes_to_sites = arrays_nbytes(arrays) * len(messages)
         return messages
 
     def aggregate_train(
@@ -168,6 +178,7 @@ class SiteTracking(Strategy):
                 refused.append({"site": str(refusal[rk.SITE_NAME]), "node": node, "reason": str(refusal[rk.REASON])})
                 continue
             site = str(msg.content[rk.SITE_REPORT][rk.SITE_NAME]) if rk.SITE_REPORT in msg.content else str(site_id)
+            log.bytes_from_sites += arrays_nbytes(msg.content[rk.ARRAYS])
             # The hash of the update as received, computed here (not taken from the site).
             item = {"site": site, "node": node, "update_sha256": arrays_hash(msg.content[rk.ARRAYS])}
             reason = None

@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny, randomly initialised model directories (no download, ever)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from common import notes
+
+
+def write_tiny_text_model(folder: Path, *, hidden: int = 16, layers: int = 2, dropout: float = 0.0) -> Path:
+    """A Hugging Face model directory (config + tokenizer, no weights) for a tiny BERT whose
+    vocabulary covers the synthetic clinical notes: load it with ``random-init=true``."""
+    from transformers import BertConfig, BertTokenizer
+
+    phrases = [*notes.DEPARTMENTS, "year old female male presents with and denies bp hr temp"]
+    for table in (notes._FINDINGS, notes._HISTORY, notes._PLAN):
+        phrases += [p for options in table.values() for p in options]
+    phrases += [*notes._GENERIC_HISTORY, *notes._GENERIC_PLAN]
+    words = sorted({w for p in phrases for w in re.findall(r"[a-z]+", p.lower())})
+    digits = [str(d) for d in range(10)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-", "/", *digits, *(f"##{d}" for d in digits)]
+    vocab += words
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    ).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_text_model(tmp_path_factory.mktemp("tiny-bert"))
