@@ -18,6 +18,7 @@ from typing import Any
 from common.config import RunConfig
 from common.errors import FedshieldError
 from common.federation import model_spec, server_test_set, site_partitions
+from common.models import build_model
 from server import report
 
 # Offline by default: Flower's telemetry would try to reach the internet.
@@ -40,8 +41,8 @@ class SimulationFailed(FedshieldError):
 
 def check_inputs(cfg: RunConfig) -> None:
     """Load and split the data in this process first, so that a user mistake (missing file,
-    bad column, too many sites) is reported as one clear line before any worker starts."""
-    model_spec(cfg)
+    bad column, too many sites, unreadable weights) is reported as one clear line before any worker starts."""
+    build_model(model_spec(cfg), seed=cfg.seed)  # pretrained weights: read (and checked) once, here
     server_test_set(cfg)
     site_partitions(cfg, cfg.sites)
 

@@ -106,3 +106,33 @@ def test_unknown_scenario(out):
 def test_unknown_setting(out):
     result = _run_cli("--set", "nosuchkey=1", out=out)
     _assert_one_line_error(result, out, "'nosuchkey'", "unknown setting")
+
+
+def test_missing_text_file(tmp_path, out):
+    missing = tmp_path / "notes.jsonl"
+    result = _run_cli("--scenario", "clinical-notes", "--dataset", "text", "--data-path", str(missing), out=out)
+    _assert_one_line_error(result, out, str(missing), "not found")
+
+
+def test_bad_json_line_in_text_file(tmp_path, out):
+    lines = [f'{{"text": "chest pain {i}", "label": "cardiology"}}' for i in range(30)]
+    lines[4] = '{"text": "cough", "label": pulmonology}'
+    path = _csv(tmp_path, "notes.jsonl", "\n".join(lines) + "\n")
+    result = _run_cli("--scenario", "clinical-notes", "--dataset", "text", "--data-path", str(path), out=out)
+    _assert_one_line_error(result, out, str(path), "line 5", "invalid JSON")
+
+
+def test_text_model_on_tabular_data(out):
+    result = _run_cli("--set", "model=transformer", out=out)
+    _assert_one_line_error(result, out, "model 'transformer' needs text data", "sklearn:breast_cancer", "use model mlp")
+
+
+def test_lora_needs_the_transformer(out):
+    result = _run_cli("--set", "finetune=lora", out=out)
+    _assert_one_line_error(result, out, "finetune lora needs model transformer", "'mlp'")
+
+
+def test_missing_resnet_weights_file(tmp_path, out):
+    missing = tmp_path / "resnet18.pth"
+    result = _run_cli("--scenario", "hospitals-resnet", "--set", f"pretrained-path={missing}", out=out)
+    _assert_one_line_error(result, out, "pretrained-path", str(missing), "no such file")
