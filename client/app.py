@@ -29,7 +29,7 @@ from common.config import RunConfig, Strategy
 from common.errors import ConfigError
 from common.federation import SiteData, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, dataset_fingerprint
-from common.models import build_model, exchanged_keys, load_exchanged
+from common.models import build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
 
 _SIGMA_KEY = "fedshield.noise"
 _META_KEY = "fedshield.dataset"
@@ -178,6 +178,17 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         "records": meta.records,
         "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
     }
+    server_base = str(config.get(rk.FROZEN_SHA256, ""))
+    own_base = spec_frozen_sha256(model_spec(cfg), cfg.seed)
+    if server_base != own_base:
+        # LoRA adapters trained on another base model would be meaningless to the server.
+        reason = (
+            f"this site's frozen base model (sha256 {own_base[:12] or 'none'}) differs from the server's "
+            f"({server_base[:12] or 'none'}); check pretrained-path on both sides"
+        )
+        spent = epsilon(ledger.spend(meta.fingerprint).events, delta=budget.delta)
+        ledger.record_refusal(**entry_common, reason=reason, spent=spent)
+        return _refusal(msg, site_id, site, reason, spent)
     plan = _plan(cfg)
     history: list[DpSgdEvent] = []
     privacy = None

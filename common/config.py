@@ -70,6 +70,10 @@ class RunConfig:
     text_field: str = "text"
     label_field: str = "label"
     max_length: int = 128  # tokens per record (longer texts are truncated)
+    # Label values in class order, comma-separated ("" = the sorted labels found in the data).
+    # Set it in a deployment so that every site maps labels to the same classes, whatever
+    # labels its own file happens to hold.
+    class_names: str = ""
     # federation
     rounds: int = 5
     strategy: str = "fedavg"
@@ -162,6 +166,19 @@ class RunConfig:
         _check(self.lora_alpha > 0, "lora-alpha", "must be > 0", self.lora_alpha)
         _check(bool(self.lora_target_names), "lora-targets", "must name at least one module", self.lora_targets)
         _check(self.max_length >= 2, "max-length", "must be >= 2", self.max_length)
+        names = self.class_name_list
+        _check(
+            not names or (len(names) >= 2 and len(set(names)) == len(names)),
+            "class-names",
+            "must list at least 2 distinct labels",
+            self.class_names,
+        )
+        _check(
+            not names or self.num_classes in (0, len(names)),
+            "num-classes",
+            f"must match the {len(names)} class-names",
+            self.num_classes,
+        )
         _check(
             self.grad_sample_mode in {"hooks", "functorch", "ew", "ghost"},
             "grad-sample-mode",
@@ -246,6 +263,10 @@ class RunConfig:
     @property
     def channel_layers(self) -> tuple[int, ...]:
         return _int_list(self.channels)
+
+    @property
+    def class_name_list(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.class_names.split(",") if c.strip())
 
     @property
     def lora_target_names(self) -> tuple[str, ...]:

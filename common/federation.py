@@ -69,6 +69,7 @@ def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] | None
     """Text tokenized offline with the tokenizer saved beside the transformer's weights."""
     if cfg.model != "transformer":
         raise ConfigError(f"dataset {cfg.dataset!r} holds text: it needs model 'transformer', not {cfg.model!r}")
+    classes = cfg.class_name_list or classes
     return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
 
 
@@ -96,8 +97,9 @@ _MODALITY_OF = {
 def model_spec(cfg: RunConfig) -> ModelSpec:
     kind = ModelKind(cfg.model)
     text = kind is ModelKind.TRANSFORMER
-    if cfg.num_classes and (cfg.input_shape or text):  # stated in the config: no data needed (a deployed server)
-        shape, classes, source = cfg.record_shape, cfg.num_classes, "input-shape"
+    stated_classes = cfg.num_classes or len(cfg.class_name_list)
+    if stated_classes and (cfg.input_shape or text):  # stated in the config: no data needed (a deployed server)
+        shape, classes, source = cfg.record_shape, stated_classes, "input-shape"
         modality = Modality.TEXT if text else Modality.IMAGE if len(shape) == 3 else Modality.TABULAR
     else:
         pool, _ = pool_and_test(cfg)

@@ -164,6 +164,22 @@ def load_exchanged(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarr
         raise ValueError(f"unexpected model tensors: {result.unexpected_keys[:3]}")
 
 
+def frozen_sha256(model: nn.Module) -> str:
+    """SHA-256 of the tensors that do not travel (the frozen pretrained base under LoRA);
+    ``""`` when everything travels. Site and server must agree on it."""
+    from common.hashing import arrays_sha256
+
+    travelling = set(exchanged_keys(model))
+    frozen = [(k, v.detach().cpu().numpy()) for k, v in model.state_dict().items() if k not in travelling]
+    return arrays_sha256(frozen) if frozen else ""
+
+
+@functools.lru_cache(maxsize=4)
+def spec_frozen_sha256(spec: ModelSpec, seed: int) -> str:
+    """:func:`frozen_sha256` of the model ``spec`` builds (computed once per process)."""
+    return frozen_sha256(_built(spec, seed))
+
+
 def exchanged_bytes(model: nn.Module) -> int:
     """Bytes of the tensors one update carries (see :func:`exchanged_keys`)."""
     return sum(t.numel() * t.element_size() for t in exchanged_state(model).values())

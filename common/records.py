@@ -19,6 +19,9 @@ NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 
 JOB_ID = "job-id"  # in the train config: the job a round belongs to (ledgers record it)
+# In the train config when part of the model is frozen (LoRA): the SHA-256 of the server's
+# frozen tensors; a site whose own frozen base differs refuses (its update would not fit).
+FROZEN_SHA256 = "frozen-sha256"
 REFUSED = "refused"  # metric = 1 when a site vetoed the round
 REFUSAL = "refusal"  # ConfigRecord with SITE_NAME and REASON
 SITE_REPORT = "site-report"  # ConfigRecord with SITE_NAME and UPDATE_SHA256

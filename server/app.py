@@ -19,7 +19,14 @@ from common.config import RunConfig
 from common.config import Strategy as StrategyKind
 from common.evaluation import evaluate
 from common.federation import model_spec, server_test_set
-from common.models import build_model, exchanged_bytes, exchanged_keys, exchanged_state, load_exchanged
+from common.models import (
+    build_model,
+    exchanged_bytes,
+    exchanged_keys,
+    exchanged_state,
+    frozen_sha256,
+    load_exchanged,
+)
 from server import checkpoint, report, secagg
 from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import SiteTracking
@@ -164,6 +171,7 @@ def run_server(
         max_update_norm=cfg.max_update_norm,
         round_offset=done,
         on_round_end=save_checkpoint,
+        frozen_sha256=frozen_sha256(model),
     )
     if ckpt is not None:
         tracking.rounds = ckpt.rounds

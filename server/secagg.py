@@ -81,6 +81,8 @@ class TrackedFedAvg(LegacyFedAvg):
         for _, fitins in instructions:
             fitins.config[rk.SERVER_ROUND] = server_round
             fitins.config[rk.JOB_ID] = self.tracking.job
+            if self.tracking.frozen_sha256:
+                fitins.config[rk.FROZEN_SHA256] = self.tracking.frozen_sha256
         self.tracking.asked(server_round, [proxy.node_id for proxy, _ in instructions])
         return instructions
 

@@ -68,8 +68,10 @@ class SiteTracking(Strategy):
         max_update_norm: float = 0.0,
         round_offset: int = 0,
         on_round_end: Callable[[int, ArrayRecord], None] | None = None,
+        frozen_sha256: str = "",
     ) -> None:
         self.inner = inner
+        self.frozen_sha256 = frozen_sha256  # sent with every round when part of the model is frozen
         self.offset = round_offset  # rounds already completed before a resume
         self.on_round_end = on_round_end
         self.max_update_norm = max_update_norm
@@ -144,6 +146,8 @@ class SiteTracking(Strategy):
         if self.should_stop(server_round, grid):
             return []
         config[rk.JOB_ID] = self.job
+        if self.frozen_sha256:
+            config[rk.FROZEN_SHA256] = self.frozen_sha256
         self._global = arrays
         # A site that refused for lack of budget would only refuse again: don't ask it.
         messages = [

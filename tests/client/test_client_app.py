@@ -123,3 +123,32 @@ def test_a_deployed_site_sets_its_own_budget_and_refuses_training_without_dp(tmp
     no_dp = handle_train(_train_msg(cfg.replace(dp=False), 2), ctx, cfg.replace(dp=False))
     assert no_dp.content[rk.METRICS][rk.REFUSED] == 1
     assert "only trains with differential privacy" in str(no_dp.content[rk.REFUSAL][rk.REASON])
+
+
+def test_lora_site_with_another_base_model_refuses(tmp_path: Path, tiny_text_model: Path) -> None:
+    """Under LoRA only adapters travel; a site whose frozen base differs from the server's would
+    send adapters for another model, so it refuses (before reading data, spending nothing)."""
+    from common.models import exchanged_state, frozen_sha256
+
+    cfg = load_scenario("clinical-notes").replace(
+        pretrained_path=str(tiny_text_model), random_init=True, synthetic_records=120, sites=3, out=str(tmp_path)
+    )
+    model = build_model(model_spec(cfg), seed=cfg.seed)
+    other_base = build_model(model_spec(cfg), seed=cfg.seed + 1)  # another random base
+    assert frozen_sha256(other_base) != frozen_sha256(model) != ""
+
+    def msg(base: str) -> Message:
+        config = ConfigRecord({rk.SERVER_ROUND: 1, rk.JOB_ID: "job-a", rk.FROZEN_SHA256: base})
+        arrays = ArrayRecord(exchanged_state(model))
+        return Message(
+            RecordDict({rk.ARRAYS: arrays, rk.CONFIG: config}), dst_node_id=7, message_type=MessageType.TRAIN
+        )
+
+    refused = handle_train(msg(frozen_sha256(other_base)), _context(), cfg)
+    assert rk.REFUSAL in refused.content
+    assert "frozen base model" in str(refused.content[rk.REFUSAL][rk.REASON])
+    entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
+    assert [e["kind"] for e in entries] == ["refusal"]
+    accepted = handle_train(msg(frozen_sha256(model)), _context(), cfg)
+    assert rk.REFUSAL not in accepted.content and accepted.content[rk.METRICS][rk.EPSILON] > 0
+    assert list(accepted.content[rk.ARRAYS].keys()) == list(exchanged_state(model).keys())

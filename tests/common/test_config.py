@@ -86,7 +86,15 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
         ("learning-rate", -0.1, "learning-rate must be > 0, got -0.1"),
         ("synthetic-records", 9, "synthetic-records must be >= 10, got 9"),
         ("partition", "random", "partition must be one of iid, dirichlet, quantity, got 'random'"),
-        ("model", "resnet", "model must be one of mlp, cnn, got 'resnet'"),
+        ("model", "vit", "model must be one of mlp, cnn, resnet, transformer, got 'vit'"),
+        ("finetune", "adapters", "finetune must be full or lora, got 'adapters'"),
+        ("finetune", "lora", "finetune lora needs model transformer (model is 'mlp'), got 'lora'"),
+        ("grad-sample-mode", "fast", "grad-sample-mode must be one of hooks, functorch, ew, ghost, got 'fast'"),
+        ("resnet-width", 0, "resnet-width must be >= 1, got 0"),
+        ("lora-rank", 0, "lora-rank must be >= 1, got 0"),
+        ("lora-targets", " , ", "lora-targets must name at least one module, got ' , '"),
+        ("max-length", 1, "max-length must be >= 2, got 1"),
+        ("class-names", "a,a", "class-names must list at least 2 distinct labels, got 'a,a'"),
         (
             "strategy",
             "fedsgd",
@@ -214,7 +222,10 @@ def test_every_shipped_scenario_loads_and_partitions(name):
     assert len(sites) == cfg.sites
     for site in sites:
         assert len(site.train) >= 1 and len(site.val) >= 1
-        assert site.train.record_shape == spec.input_shape
+        if spec.kind is ModelKind.TRANSFORMER:  # token ids, padded to the longest record up to max-length
+            assert site.train.record_shape[0] <= spec.input_shape[0] == cfg.max_length
+        else:
+            assert site.train.record_shape == spec.input_shape
         assert site.train.num_classes == spec.num_classes
         assert len(site.train) + len(site.val) >= cfg.min_site_records
 

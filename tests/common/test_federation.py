@@ -41,3 +41,25 @@ def test_deployed_site_reads_its_own_file(tmp_path: Path) -> None:
     site = local_site_data(cfg, str(path))
     assert len(site.train) + len(site.val) == 200 and site.train.x.shape[1] == 14
     np.testing.assert_allclose(site.train.x.mean(axis=0), 0.0, atol=1e-4)
+
+
+def test_class_names_give_every_site_the_same_label_mapping(tmp_path, tiny_text_model) -> None:
+    """A deployed site's text file may lack a class; with class-names its labels still map to
+    the federation's classes (without, its two labels would become classes 0 and 1)."""
+    import json
+
+    path = tmp_path / "site.jsonl"
+    rows = [{"text": f"cough and wheezing {i}", "label": ["neurology", "pulmonology"][i % 2]} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = RunConfig(
+        dataset="text",
+        model="transformer",
+        pretrained_path=str(tiny_text_model),
+        random_init=True,
+        class_names="cardiology,neurology,pulmonology",
+    )
+    site = local_site_data(cfg, str(path))
+    assert site.train.num_classes == 3 and set(site.train.y) | set(site.val.y) == {1, 2}
+    assert model_spec(cfg).num_classes == 3  # a server holding no data builds the same head
+    unmapped = local_site_data(cfg.replace(class_names=""), str(path))
+    assert unmapped.train.num_classes == 2
