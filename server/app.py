@@ -138,7 +138,6 @@ def run_server(
     """
     out.mkdir(parents=True, exist_ok=True)
     report.write_config(out, cfg)
-    num_sites = len(list(grid.get_node_ids()))
     model = build_model(model_spec(cfg), seed=cfg.seed)
     paths = simulation_paths(Path(cfg.state_path))
     ledger = ServerLedger(paths)
@@ -195,6 +194,9 @@ def run_server(
             evaluate_fn=central_evaluation(cfg, tracking),
         )
         final = result.arrays or initial
+    # Counted after the rounds: at start-up not every site may have connected yet.
+    seen = [site for log in tracking.rounds for part in (log.train, log.refusals, log.rejections) for site in part]
+    num_sites = max(len(list(grid.get_node_ids())), max(seen, default=-1) + 1)
     metrics = report.build_metrics(
         cfg,
         tracking.rounds,

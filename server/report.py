@@ -68,7 +68,8 @@ def build_metrics(
                 "failures": log.failures,
                 "seconds": round(log.seconds, 3),
                 "bytes_to_sites": log.bytes_to_sites,
-                "bytes_from_sites": log.bytes_from_sites,
+                # masked SecAgg+ vectors travel inside the protocol's stages: not counted here
+                "bytes_from_sites": None if cfg.secure_aggregation else log.bytes_from_sites,
                 "sites": sites,
             }
         )

@@ -84,6 +84,9 @@ class TrackedFedAvg(LegacyFedAvg):
             if self.tracking.frozen_sha256:
                 fitins.config[rk.FROZEN_SHA256] = self.tracking.frozen_sha256
         self.tracking.asked(server_round, [proxy.node_id for proxy, _ in instructions])
+        self.tracking.log_for(server_round).bytes_to_sites = sum(
+            len(t) for _, fitins in instructions for t in fitins.parameters.tensors
+        )
         return instructions
 
     def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:

@@ -18,7 +18,7 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
+from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, train_local
 from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
 from common.models import ModelKind, ModelSpec, build_model, exchanged_keys
@@ -27,6 +27,7 @@ from common.text_loaders import text_dataset
 from common.transformer import LoraSpec, load_tokenizer
 
 DEVICE = pick_device()
+MODES = GRAD_SAMPLE_MODES  # hooks, functorch, ew (expanded weights), ghost (ghost clipping)
 
 
 def _images(n: int = 6, seed: int = 0) -> Dataset:
@@ -88,21 +89,23 @@ def _resnet() -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("mode", ["hooks", "functorch", "ew", "ghost"])
+@pytest.mark.parametrize("mode", MODES)
 def test_resnet_every_opacus_mode_matches_brute_force(mode: str) -> None:
     model = _resnet()
     assert ModuleValidator.validate(model, strict=True) == []
     _check_one_private_step(model, _images(), mode, bound=0.05)
 
 
-def test_transformer_full_fine_tune_matches_brute_force(tiny_text_model: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_transformer_full_fine_tune_matches_brute_force(tiny_text_model: Path, mode: str) -> None:
     spec = ModelSpec(ModelKind.TRANSFORMER, (48,), 4, pretrained_path=str(tiny_text_model), random_init=True)
     model = build_model(spec, seed=0)
     assert exchanged_keys(model) == list(model.state_dict().keys())
-    _check_one_private_step(model, _texts(tiny_text_model), "hooks", bound=0.05)
+    _check_one_private_step(model, _texts(tiny_text_model), mode, bound=0.05)
 
 
-def test_lora_matches_brute_force_and_only_adapters_and_head_travel(tiny_text_model: Path) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_lora_matches_brute_force_and_only_adapters_and_head_travel(tiny_text_model: Path, mode: str) -> None:
     spec = ModelSpec(
         ModelKind.TRANSFORMER, (48,), 4, pretrained_path=str(tiny_text_model), random_init=True, lora=LoraSpec(rank=2)
     )
@@ -115,4 +118,4 @@ def test_lora_matches_brute_force_and_only_adapters_and_head_travel(tiny_text_mo
     assert any(k.startswith("head.") for k in keys) and any("lora_A" in k for k in keys)
     total = sum(t.numel() for t in model.state_dict().values())
     assert sum(model.state_dict()[k].numel() for k in keys) < 0.2 * total
-    _check_one_private_step(model, _texts(tiny_text_model), "hooks", bound=0.05)
+    _check_one_private_step(model, _texts(tiny_text_model), mode, bound=0.05)
