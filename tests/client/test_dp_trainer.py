@@ -8,7 +8,7 @@ import torch
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from client.dp_trainer import LocalPlan, PrivacyPlan, get_weights, sampling, train_local
+from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, get_weights, sampling, train_local
 from common.accounting import DpSgdEvent
 from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
@@ -103,11 +103,12 @@ def test_input_model_is_not_modified() -> None:
     assert all(np.array_equal(x, y) for x, y in zip(before, get_weights(model), strict=True))
 
 
-def test_tiny_sample_rate_handles_empty_batches() -> None:
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_tiny_sample_rate_handles_empty_batches(mode: str) -> None:
     data = _tabular(n=6)
     plan = LocalPlan(local_epochs=3, batch_size=1, learning_rate=0.1)  # q = 1/6: empty batches are likely
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
-    result = train_local(model, data, plan, privacy=PrivacyPlan(1.0, 1.0), seed=5, device=DEVICE)
+    result = train_local(model, data, plan, privacy=PrivacyPlan(1.0, 1.0, mode), seed=5, device=DEVICE)
     assert result.event == DpSgdEvent(1.0, 1 / 6, 18)
     assert all(np.isfinite(w).all() for w in result.weights)
 
