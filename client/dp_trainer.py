@@ -155,30 +155,34 @@ def train_local(
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
     model.train()
-    done = 0
-    while done < steps:
-        for xb, yb in loader:
-            optimizer.zero_grad(set_to_none=True)
-            if len(yb) > 0:
-                loss = loss_fn(model(xb), yb)
-                with warnings.catch_warnings():
-                    # Opacus's hooks fire on module outputs when inputs need no grad: expected.
-                    warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                    loss.backward()
-            else:
-                # An empty Poisson batch is still a step: Opacus adds pure noise.
-                _empty_step_grads(model, privacy)
-            optimizer.step()
-            if plan.proximal_mu > 0:
-                # FedProx's proximal term is data-independent: applied after the private
-                # step as post-processing (adding it to the loss would be lost by Opacus,
-                # which rebuilds the gradient from per-example gradients).
-                with torch.no_grad():
-                    for p, g in zip(_params(model), global_params, strict=True):
-                        p.sub_(plan.learning_rate * plan.proximal_mu * (p - g))
-            done += 1
-            if done >= steps:
-                break
+    # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
+    # caller's generator state is left as it was. Runs are reproducible from ``seed``.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        done = 0
+        while done < steps:
+            for xb, yb in loader:
+                optimizer.zero_grad(set_to_none=True)
+                if len(yb) > 0:
+                    loss = loss_fn(model(xb), yb)
+                    with warnings.catch_warnings():
+                        # Opacus's hooks fire on module outputs when inputs need no grad: expected.
+                        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                        loss.backward()
+                else:
+                    # An empty Poisson batch is still a step: Opacus adds pure noise.
+                    _empty_step_grads(model, privacy)
+                optimizer.step()
+                if plan.proximal_mu > 0:
+                    # FedProx's proximal term is data-independent: applied after the private
+                    # step as post-processing (adding it to the loss would be lost by Opacus,
+                    # which rebuilds the gradient from per-example gradients).
+                    with torch.no_grad():
+                        for p, g in zip(_params(model), global_params, strict=True):
+                            p.sub_(plan.learning_rate * plan.proximal_mu * (p - g))
+                done += 1
+                if done >= steps:
+                    break
 
     event = None
     if privacy is not None:

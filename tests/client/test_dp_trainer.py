@@ -145,3 +145,26 @@ def test_non_private_path_has_no_event() -> None:
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
     result = train_local(model, _tabular(), LocalPlan(1, 8, 0.5), privacy=None, seed=0, device=DEVICE)
     assert result.event is None
+
+
+def test_dropout_is_seeded_too(tmp_path) -> None:
+    """Transformers use dropout, which draws from torch's global generator: the trainer seeds it,
+    so a site's round is reproducible from its seed (and the caller's generator is untouched)."""
+    from conftest import write_tiny_text_model
+
+    from common.notes import synthetic_notes
+    from common.text_loaders import text_dataset
+    from common.transformer import load_tokenizer
+
+    folder = write_tiny_text_model(tmp_path / "bert", dropout=0.3)
+    data = text_dataset(synthetic_notes(24, seed=0), load_tokenizer(str(folder)), max_length=32)
+    spec = ModelSpec(ModelKind.TRANSFORMER, (32,), 4, pretrained_path=str(folder), random_init=True)
+    model = build_model(spec, seed=0)
+    plan, privacy = LocalPlan(1, 8, 0.5), PrivacyPlan(1e-9, 1.0)  # noise negligible: dropout decides
+    state = torch.random.get_rng_state()
+    a = train_local(model, data, plan, privacy=privacy, seed=1, device=DEVICE).weights
+    assert torch.equal(torch.random.get_rng_state(), state)
+    a2 = train_local(model, data, plan, privacy=privacy, seed=1, device=DEVICE).weights
+    b = train_local(model, data, plan, privacy=privacy, seed=2, device=DEVICE).weights
+    assert all(np.array_equal(x, y) for x, y in zip(a, a2, strict=True)), "same seed must reproduce"
+    assert any(not np.allclose(x, y) for x, y in zip(a, b, strict=True))
