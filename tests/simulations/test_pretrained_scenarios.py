@@ -96,3 +96,23 @@ def test_resnet_scenario_with_ghost_clipping(tmp_path: Path, mode: str) -> None:
     assert m["model"]["kind"] == "resnet" and m["model"]["update_bytes"] == m["model"]["model_bytes"]
     assert all(s["dp_steps"] > 0 for s in m["final"]["sites"].values())
     _audited(tmp_path / "run")
+
+
+def test_lora_under_secure_aggregation(tmp_path: Path, tiny_text_model: Path) -> None:
+    """SecAgg+ masks only what travels (adapters and head); the frozen-base check still runs."""
+    cfg = load_scenario("clinical-notes").replace(
+        pretrained_path=str(tiny_text_model),
+        random_init=True,
+        synthetic_records=300,
+        sites=3,
+        rounds=1,
+        max_length=32,
+        secure_aggregation=True,
+        out=str(tmp_path / "run"),
+    )
+    m = _run(cfg)
+    (r,) = m["rounds"]
+    assert sum(s["trained"] for s in r["sites"].values()) == 3
+    assert r["bytes_from_sites"] is None  # masked vectors travel inside the protocol: not counted
+    assert m["model"]["update_bytes"] * 3 <= r["bytes_to_sites"] < m["model"]["model_bytes"]
+    _audited(tmp_path / "run")
