@@ -40,7 +40,7 @@ def load_sklearn(name: str) -> Dataset:
     raise DataError(f"unknown scikit-learn dataset {name!r}; choose breast_cancer or digits")
 
 
-def _require_file(path: Path) -> None:
+def require_file(path: Path) -> None:
     if not path.exists():
         raise DataError(f"{path}: data file not found")
     if not path.is_file():
@@ -59,7 +59,7 @@ def load_csv(
     Labels may be numbers or strings; they are mapped to 0..K-1 in sorted order.
     """
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
@@ -182,7 +182,7 @@ def load_npz(path: str | Path) -> tuple[Dataset, Dataset | None]:
     split, when present, is the held-out global test set.
     """
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     try:
         arrays = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:

@@ -13,12 +13,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.dataset import Dataset, Modality
 from common.errors import DataError
-from common.loaders import _require_file, encode_labels
+from common.loaders import encode_labels, require_file
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 TEXT_SUFFIXES = (".csv", ".jsonl", ".json")
 
@@ -34,7 +38,7 @@ def read_text_table(path: str | Path, *, text_field: str = "text", label_field: 
     """Texts and raw labels from a ``.csv`` (header row) or ``.jsonl``/``.json`` (one JSON
     object per line) file."""
     path = Path(path)
-    _require_file(path)
+    require_file(path)
     suffix = path.suffix.lower()
     if suffix not in TEXT_SUFFIXES:
         raise DataError(f"{path}: text data must be a .csv or .jsonl file, got {suffix or 'no extension'!r}")
@@ -100,7 +104,7 @@ def _field(row: dict, name: str, path: Path, line: int, *, kind: str) -> str:
     return value
 
 
-def tokenize(texts: Sequence[str], tokenizer, *, max_length: int) -> np.ndarray:
+def tokenize(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, *, max_length: int) -> np.ndarray:
     """Token ids (int64), right-padded with the pad id to the longest text, truncated to
     ``max_length`` tokens (special tokens included)."""
     if max_length < 2:
@@ -114,7 +118,9 @@ def tokenize(texts: Sequence[str], tokenizer, *, max_length: int) -> np.ndarray:
     return ids
 
 
-def text_dataset(table: TextTable, tokenizer, *, max_length: int, classes: Sequence[str] | None = None) -> Dataset:
+def text_dataset(
+    table: TextTable, tokenizer: PreTrainedTokenizerBase, *, max_length: int, classes: Sequence[str] | None = None
+) -> Dataset:
     """A tokenized :class:`Dataset` of ``table``. Labels are mapped to 0..K-1 in sorted order,
     or by their position in ``classes`` when given (every site must agree on the mapping)."""
     if classes is None:

@@ -23,11 +23,15 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from common.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 MINILM = "minilm"  # pretrained-path value naming the MiniLM-L6 package
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -67,7 +71,7 @@ def resolve_model_dir(path: str) -> Path:
     return folder
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """The tokenizer saved in the model directory (offline)."""
     from transformers import AutoTokenizer
 
