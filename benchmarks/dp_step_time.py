@@ -49,12 +49,12 @@ def _random(shape: tuple[int, ...], classes: int, n: int) -> Dataset:
 
 def _notes(n: int, max_length: int) -> Dataset:
     from common.notes import DEPARTMENTS, synthetic_notes
-    from common.text_loaders import text_dataset
+    from common.text_loaders import TextTable, text_dataset
     from common.transformer import load_tokenizer
 
     table = synthetic_notes(n, seed=0)
     long_texts = [" ".join([t] * 4) for t in table.texts]  # long enough to fill max_length
-    table = type(table)(long_texts, table.labels, table.source)
+    table = TextTable(long_texts, table.labels, table.source)
     return text_dataset(table, load_tokenizer("minilm"), max_length=max_length, classes=DEPARTMENTS)
 
 

@@ -178,6 +178,15 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         "records": meta.records,
         "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
     }
+
+    def refuse(reason: str, spent: float, *, reported: float | None = None) -> Message:
+        """Record the refusal in the ledger (with ``spent``), then reply with it."""
+        ledger.record_refusal(**entry_common, reason=reason, spent=spent)
+        return _refusal(msg, site_id, site, reason, spent if reported is None else reported)
+
+    def spent_so_far() -> float:
+        return epsilon(ledger.spend(meta.fingerprint).events, delta=budget.delta)
+
     server_base = str(config.get(rk.FROZEN_SHA256, ""))
     own_base = spec_frozen_sha256(model_spec(cfg), cfg.seed)
     if server_base != own_base:
@@ -186,33 +195,26 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
             f"this site's frozen base model (sha256 {own_base[:12] or 'none'}) differs from the server's "
             f"({server_base[:12] or 'none'}); check pretrained-path on both sides"
         )
-        spent = epsilon(ledger.spend(meta.fingerprint).events, delta=budget.delta)
-        ledger.record_refusal(**entry_common, reason=reason, spent=spent)
-        return _refusal(msg, site_id, site, reason, spent)
+        return refuse(reason, spent_so_far())
     plan = _plan(cfg)
     history: list[DpSgdEvent] = []
     privacy = None
     planned_epsilon = float("nan")
     if settings.require_dp and not cfg.dp:
         reason = "this site only trains with differential privacy; the job asked for none"
-        ledger.record_refusal(
-            **entry_common, reason=reason, spent=epsilon(ledger.spend(meta.fingerprint).events, delta=budget.delta)
-        )
-        return _refusal(msg, site_id, site, reason, float("nan"))
+        return refuse(reason, spent_so_far(), reported=float("nan"))
     if cfg.dp:
         # The veto: decided from the ledger and the planned mechanism, before the data is read.
         spend = ledger.spend(meta.fingerprint)
         history = spend.events
         if spend.non_private_jobs:
             reason = f"budget void: job {spend.non_private_jobs[0]} released updates from this dataset without DP"
-            ledger.record_refusal(**entry_common, reason=reason, spent=float("inf"))
-            return _refusal(msg, site_id, site, reason, float("inf"))
+            return refuse(reason, float("inf"))
         sigma = _noise_multiplier(cfg, ledger, meta, job, budget, context)
         sample_rate, steps = sampling(meta.records, plan)
         decision = decide(history, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, budget)
         if not decision.allowed:
-            ledger.record_refusal(**entry_common, reason=decision.reason, spent=decision.spent)
-            return _refusal(msg, site_id, site, decision.reason, decision.spent)
+            return refuse(decision.reason, decision.spent)
         privacy = PrivacyPlan(sigma, cfg.max_grad_norm, cfg.grad_sample_mode)
         planned_epsilon = decision.after
 

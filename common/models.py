@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -151,17 +151,17 @@ def exchanged_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def load_exchanged(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
     """Load the travelling tensors into ``model``; the key set must be exactly
     :func:`exchanged_keys` (a mismatch means site and server built different models)."""
-    expected = exchanged_keys(model)
-    if list(state.keys()) != expected and set(state.keys()) != set(expected):
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
+    expected = set(exchanged_keys(model))
+    if set(state) != expected:
+        missing = sorted(expected - set(state))
+        extra = sorted(set(state) - expected)
         raise ValueError(
             f"model tensors do not match: {len(missing)} missing (e.g. {missing[:1]}), "
             f"{len(extra)} unexpected (e.g. {extra[:1]})"
         )
-    result = model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"unexpected model tensors: {result.unexpected_keys[:3]}")
+    # Every key is one of the model's (checked above); strict=False only allows the frozen ones
+    # to be absent.
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=False)
 
 
 def frozen_sha256(model: nn.Module) -> str:
@@ -180,6 +180,10 @@ def spec_frozen_sha256(spec: ModelSpec, seed: int) -> str:
     return frozen_sha256(_built(spec, seed))
 
 
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def exchanged_bytes(model: nn.Module) -> int:
     """Bytes of the tensors one update carries (see :func:`exchanged_keys`)."""
-    return sum(t.numel() * t.element_size() for t in exchanged_state(model).values())
+    return tensor_bytes(exchanged_state(model).values())

@@ -82,8 +82,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
         raise ConfigError(f"pretrained-path: cannot load a tokenizer from {folder}: {exc}") from None
     if tokenizer.pad_token_id is None:
         raise ConfigError(f"pretrained-path: the tokenizer in {folder} has no padding token")
-    if tokenizer.padding_side != "right":
-        tokenizer.padding_side = "right"
+    tokenizer.padding_side = "right"  # the model cuts batches assuming pads come last
     return tokenizer
 
 

@@ -26,6 +26,7 @@ from common.models import (
     exchanged_state,
     frozen_sha256,
     load_exchanged,
+    tensor_bytes,
 )
 from server import checkpoint, report, secagg
 from server.server_ledger import ServerLedger, simulation_paths
@@ -115,7 +116,7 @@ def model_summary(cfg: RunConfig, model: torch.nn.Module) -> dict[str, Any]:
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
         "update_tensors": len(exchanged_keys(model)),
         "update_bytes": exchanged_bytes(model),
-        "model_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
+        "model_bytes": tensor_bytes(model.state_dict().values()),
     }
 
 

@@ -24,19 +24,17 @@ def _audited(out: Path) -> None:
     assert result.spends, "the audit found nothing to recompute"
 
 
+def _tiny_notes(model_dir: Path, out: Path, **changes):
+    """The clinical-notes scenario on the tiny random BERT, with ``changes``."""
+    return load_scenario("clinical-notes").replace(
+        pretrained_path=str(model_dir), random_init=True, out=str(out), **changes
+    )
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_text_model: Path) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("lora") / "run"
-    cfg = load_scenario("clinical-notes").replace(
-        pretrained_path=str(tiny_text_model),
-        random_init=True,
-        synthetic_records=300,
-        sites=2,
-        rounds=2,
-        lora_rank=4,
-        max_length=48,
-        out=str(out),
-    )
+    cfg = _tiny_notes(tiny_text_model, out, synthetic_records=300, sites=2, rounds=2, lora_rank=4, max_length=48)
     return out, _run(cfg)
 
 
@@ -61,15 +59,8 @@ def test_lora_run_passes_the_audit(lora_run: tuple[Path, dict]) -> None:
 
 
 def test_full_fine_tune_sends_the_whole_model(tmp_path: Path, tiny_text_model: Path) -> None:
-    cfg = load_scenario("clinical-notes").replace(
-        pretrained_path=str(tiny_text_model),
-        random_init=True,
-        finetune="full",
-        synthetic_records=200,
-        sites=2,
-        rounds=1,
-        max_length=32,
-        out=str(tmp_path / "run"),
+    cfg = _tiny_notes(
+        tiny_text_model, tmp_path / "run", finetune="full", synthetic_records=200, sites=2, rounds=1, max_length=32
     )
     m = _run(cfg)
     assert m["model"]["update_bytes"] == m["model"]["model_bytes"]
@@ -100,15 +91,14 @@ def test_resnet_scenario_with_ghost_clipping(tmp_path: Path, mode: str) -> None:
 
 def test_lora_under_secure_aggregation(tmp_path: Path, tiny_text_model: Path) -> None:
     """SecAgg+ masks only what travels (adapters and head); the frozen-base check still runs."""
-    cfg = load_scenario("clinical-notes").replace(
-        pretrained_path=str(tiny_text_model),
-        random_init=True,
+    cfg = _tiny_notes(
+        tiny_text_model,
+        tmp_path / "run",
         synthetic_records=300,
         sites=3,
         rounds=1,
         max_length=32,
         secure_aggregation=True,
-        out=str(tmp_path / "run"),
     )
     m = _run(cfg)
     (r,) = m["rounds"]
