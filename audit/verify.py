@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import keys
+from common.crypto import keys
 from common.errors import FedshieldError
-from common.ledger import LedgerError, read_entries, verify_entries
+from common.privacy.ledger import LedgerError, read_entries, verify_entries
 
 SERVER = "server"
 

@@ -22,14 +22,14 @@ from client.budget import Budget, decide
 from client.dp_trainer import LocalPlan, PrivacyPlan, evaluate, sampling, train_local
 from client.secagg import make_legacy_fit_adapter, secagg_when_asked
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
-from common import keys
 from common import records as rk
-from common.accounting import DpSgdEvent, calibrate_noise, epsilon
 from common.config import RunConfig, Strategy
+from common.crypto import keys
 from common.errors import ConfigError
 from common.federation import SiteData, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, dataset_fingerprint
 from common.models import build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
+from common.privacy.accounting import DpSgdEvent, calibrate_noise, epsilon
 
 _SIGMA_KEY = "fedshield.noise"
 _META_KEY = "fedshield.dataset"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from common.accounting import DpSgdEvent, epsilon
+from common.privacy.accounting import DpSgdEvent, epsilon
 
 
 @dataclass(frozen=True)

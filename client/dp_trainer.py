@@ -20,10 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.accounting import DpSgdEvent
 from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
 from common.models import exchanged_state
+from common.privacy.accounting import DpSgdEvent
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import keys
-from common.accounting import DpSgdEvent
-from common.ledger import PartyPaths
+from common.crypto import keys
+from common.privacy.accounting import DpSgdEvent
+from common.privacy.ledger import PartyPaths
 
 LAST_UPDATE_FILE = "last-update.pt"
 KEY_FILE = "site.key"

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import keys
-from common.ledger import PartyPaths
+from common.crypto import keys
+from common.privacy.ledger import PartyPaths
 
 KEY_FILE = "server.key"
 OWNER = "server"

@@ -10,7 +10,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from common import keys
+from common.crypto import keys
 from common.errors import ConfigError
 
 
@@ -91,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
 def provision_deployment(directory: Path, sites: list[str], server_names: list[str], superlink: str) -> list[str]:
     """CA, SuperLink certificate and SuperNode keys under ``directory``; returns the commands to
     start the SuperLink, register each site and start each site's SuperNode."""
-    from common import certs
+    from common.crypto import certs
 
     tls, nodes = directory / "tls", directory / "supernode"
     ca_crt, ca_key = certs.create_ca(tls)

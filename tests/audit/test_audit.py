@@ -12,8 +12,8 @@ import pytest
 
 from audit.cli import run_audit
 from client.site_ledger import SiteLedger, simulation_paths
-from common.accounting import DpSgdEvent, epsilon
-from common.ledger import canonical, read_entries
+from common.privacy.accounting import DpSgdEvent, epsilon
+from common.privacy.ledger import canonical, read_entries
 from server.server_ledger import ServerLedger
 from server.server_ledger import simulation_paths as server_paths
 

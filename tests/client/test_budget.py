@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from client.budget import Budget, decide
-from common.accounting import DpSgdEvent, epsilon
+from common.privacy.accounting import DpSgdEvent, epsilon
 
 
 def test_allows_within_budget_and_reports_spend() -> None:

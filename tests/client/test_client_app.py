@@ -11,10 +11,10 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import handle_train
 from common import records as rk
-from common.accounting import DpSgdEvent, epsilon
 from common.federation import model_spec
-from common.ledger import read_entries
 from common.models import build_model
+from common.privacy.accounting import DpSgdEvent, epsilon
+from common.privacy.ledger import read_entries
 from simulations.scenarios import load_scenario
 
 

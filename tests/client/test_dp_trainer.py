@@ -9,10 +9,10 @@ from opacus.validators import ModuleValidator
 from torch import nn
 
 from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, get_weights, sampling, train_local
-from common.accounting import DpSgdEvent
 from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
 from common.models import ModelKind, ModelSpec, build_model
+from common.privacy.accounting import DpSgdEvent
 
 DEVICE = pick_device()
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opacus.accountants import PRVAccountant
 
-from common.accounting import Accountant, DpSgdEvent, calibrate_noise, epsilon
 from common.errors import ConfigError
+from common.privacy.accounting import Accountant, DpSgdEvent, calibrate_noise, epsilon
 
 DELTA = 1e-5
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import keys
-from common.ledger import GENESIS, Ledger, LedgerError, canonical, entry_hash, read_entries, verify_entries
+from common.crypto import keys
+from common.privacy.ledger import GENESIS, Ledger, LedgerError, canonical, entry_hash, read_entries, verify_entries
 
 
 def _ledger(tmp_path: Path, n: int = 5) -> tuple[Path, keys.Ed25519PrivateKey]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from audit.cli import run_audit
-from common.ledger import read_entries
+from common.privacy.ledger import read_entries
 from simulations.harness import simulate
 from simulations.scenarios import load_scenario
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import keys
+from common.crypto import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 

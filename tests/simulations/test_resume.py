@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from audit.cli import run_audit
-from common.accounting import DpSgdEvent, epsilon
-from common.ledger import read_entries
+from common.privacy.accounting import DpSgdEvent, epsilon
+from common.privacy.ledger import read_entries
 from simulations.harness import simulate
 from simulations.scenarios import load_scenario
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from audit.cli import run_audit
-from common.ledger import read_entries
+from common.privacy.ledger import read_entries
 from simulations.harness import simulate
 from simulations.scenarios import load_scenario
 

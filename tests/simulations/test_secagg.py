@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from audit.cli import run_audit
-from common.ledger import read_entries
+from common.privacy.ledger import read_entries
 from simulations.harness import simulate
 from simulations.scenarios import load_scenario
 

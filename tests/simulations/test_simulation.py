@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.accounting import DpSgdEvent, epsilon
 from common.federation import model_spec
 from common.models import build_model
+from common.privacy.accounting import DpSgdEvent, epsilon
 from simulations.harness import simulate
 from simulations.scenarios import load_scenario
 

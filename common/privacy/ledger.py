@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common import keys
+from common.crypto import keys
 from common.errors import FedshieldError
 
 GENESIS = "0" * 64

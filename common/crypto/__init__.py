@@ -1,0 +1,1 @@
+"""Identity: Ed25519 ledger-signing keys and TLS certificates."""
