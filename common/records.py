@@ -28,3 +28,11 @@ SITE_REPORT = "site-report"  # ConfigRecord with SITE_NAME and UPDATE_SHA256
 SITE_NAME = "site"
 REASON = "reason"
 UPDATE_SHA256 = "update-sha256"
+# In SITE_REPORT (train replies): the site's claim for this round, as a JSON string
+# {"mechanism": {...}, "noise": {"source": ...}, "epsilon": e, "delta": d, "source": name,
+#  "ledger_seq": n}: exactly what the site wrote in its ledger entry. The server records it
+# in its own ledger so that the auditor can check the two ledgers against each other.
+CLAIM = "claim"
+# An evaluation reply that the site's policy does not allow (no records were read).
+EVAL_REFUSED = "eval-refused"
+EVAL_CORRECT = "eval-correct"  # noised count of correct predictions (DP evaluation)
