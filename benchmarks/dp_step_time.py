@@ -27,6 +27,7 @@ from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, samplin
 from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
 from common.models import ModelKind, ModelSpec, build_model
+from common.privacy.noise import secret
 from common.transformer import LoraSpec
 
 FAMILIES = ("tabular", "cnn", "resnet", "transformer")
@@ -108,7 +109,7 @@ def _run(case: Case, privacy: PrivacyPlan | None, device: torch.device) -> tuple
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    train_local(model, case.data, plan, privacy=privacy, seed=0, device=device)
+    train_local(model, case.data, plan, privacy=privacy, randomness=secret(), device=device)
     peak = float("nan")
     if device.type == "cuda":
         torch.cuda.synchronize()

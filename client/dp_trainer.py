@@ -24,6 +24,7 @@ from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
 from common.models import exchanged_state
 from common.privacy.accounting import DpSgdEvent
+from common.privacy.noise import Randomness
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,15 @@ def train_local(
     plan: LocalPlan,
     *,
     privacy: PrivacyPlan | None,
-    seed: int,
+    randomness: Randomness,
     device: torch.device | None = None,
 ) -> LocalResult:
     """Train ``model`` (not modified) on ``data`` for one round; return the new weights.
 
     With ``privacy``, this is DP-SGD and ``LocalResult.event`` records the mechanism exactly
-    as run (checked against Opacus's own accountant history).
+    as run (checked against Opacus's own accountant history). ``randomness`` gives the Poisson
+    sampler and the noise independent generators, secret unless the site asked for insecure
+    reproducible noise (:mod:`common.privacy.noise`).
     """
     device = device or pick_device()
     import copy
@@ -118,9 +121,10 @@ def train_local(
     model = copy.deepcopy(model).to(device)
     global_params = [p.detach().clone() for p in _params(model)]
     sample_rate, steps = sampling(len(data), plan)
-    # Sampling draws indices on the CPU; noise is drawn where the gradients live.
-    sampling_rng = torch.Generator().manual_seed(seed)
-    noise_rng = torch.Generator(device=device).manual_seed(seed)
+    # Sampling draws indices on the CPU; noise is drawn where the gradients live. Two
+    # independent generators: the noise must say nothing about which records were sampled.
+    sampling_rng = randomness.sampling_generator()
+    noise_rng = randomness.noise_generator(device)
     optimizer = torch.optim.SGD(_params(model), lr=plan.learning_rate)
     loss_fn: nn.Module = nn.CrossEntropyLoss()
 
@@ -132,7 +136,9 @@ def train_local(
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors[0]}")
         with warnings.catch_warnings():
-            # Only this call's secure-RNG notice: the simulation seeds noise for reproducibility.
+            # Only this call's notice that Opacus's secure mode (torchcsprng, which has no build
+            # for this torch) is off: fedshield supplies secret generators itself (see
+            # common.privacy.noise) and turns on secure mode's floating-point defence below.
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             engine = PrivacyEngine(accountant="prv")
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, generator=sampling_rng)
@@ -151,14 +157,17 @@ def train_local(
             model, optimizer, loss_fn, loader = private
         else:
             model, optimizer, loader = private
+        # Each noise coordinate: four draws summed and halved (Opacus's secure-mode sampling),
+        # from a generator re-seeded before every step.
+        optimizer.secure_mode = True
     else:
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
     model.train()
     # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
-    # caller's generator state is left as it was. Runs are reproducible from ``seed``.
+    # caller's generator state is left as it was (secret, or from the public seed when asked).
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(randomness.dropout_seed())
         done = 0
         while done < steps:
             for xb, yb in loader:
@@ -172,6 +181,8 @@ def train_local(
                 else:
                     # An empty Poisson batch is still a step: Opacus adds pure noise.
                     _empty_step_grads(model, privacy)
+                if privacy is not None:
+                    randomness.reseed_noise(noise_rng, done)
                 optimizer.step()
                 if plan.proximal_mu > 0:
                     # FedProx's proximal term is data-independent: applied after the private

@@ -13,6 +13,7 @@ from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
 from common.models import ModelKind, ModelSpec, build_model
 from common.privacy.accounting import DpSgdEvent
+from common.privacy.noise import reproducible
 
 DEVICE = pick_device()
 
@@ -61,7 +62,7 @@ def test_update_equals_brute_force_clipped_mean(kind: ModelKind, data: Dataset) 
     # batch >= n: sample rate 1, one step, every record in the batch; noise negligible.
     plan = LocalPlan(local_epochs=1, batch_size=len(data), learning_rate=1.0)
     before = _flat([p.detach().clone().to(DEVICE) for p in model.parameters()])
-    result = train_local(model, data, plan, privacy=PrivacyPlan(1e-9, bound), seed=0, device=DEVICE)
+    result = train_local(model, data, plan, privacy=PrivacyPlan(1e-9, bound), randomness=reproducible(0), device=DEVICE)
     after = torch.cat([torch.as_tensor(w, device=DEVICE).reshape(-1) for w in result.weights])
     update = before - after  # = lr * (sum of clipped per-example gradients) / n
 
@@ -80,9 +81,9 @@ def test_noise_present_and_seeded() -> None:
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2, hidden=(8,)), seed=0)
     plan = LocalPlan(local_epochs=1, batch_size=8, learning_rate=0.5)
     privacy = PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0)
-    a = train_local(model, data, plan, privacy=privacy, seed=1, device=DEVICE).weights
-    b = train_local(model, data, plan, privacy=privacy, seed=2, device=DEVICE).weights
-    a2 = train_local(model, data, plan, privacy=privacy, seed=1, device=DEVICE).weights
+    a = train_local(model, data, plan, privacy=privacy, randomness=reproducible(1), device=DEVICE).weights
+    b = train_local(model, data, plan, privacy=privacy, randomness=reproducible(2), device=DEVICE).weights
+    a2 = train_local(model, data, plan, privacy=privacy, randomness=reproducible(1), device=DEVICE).weights
     assert any(not np.allclose(x, y) for x, y in zip(a, b, strict=True)), "two seeds gave the same update"
     assert all(np.array_equal(x, y) for x, y in zip(a, a2, strict=True)), "same seed must reproduce"
 
@@ -91,7 +92,7 @@ def test_event_records_the_mechanism_as_run() -> None:
     data = _tabular(n=50)
     plan = LocalPlan(local_epochs=2, batch_size=10, learning_rate=0.1)
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
-    result = train_local(model, data, plan, privacy=PrivacyPlan(1.3, 0.7), seed=0, device=DEVICE)
+    result = train_local(model, data, plan, privacy=PrivacyPlan(1.3, 0.7), randomness=reproducible(0), device=DEVICE)
     assert sampling(50, plan) == (0.2, 10)
     assert result.event == DpSgdEvent(noise_multiplier=1.3, sample_rate=0.2, steps=10)
 
@@ -99,7 +100,14 @@ def test_event_records_the_mechanism_as_run() -> None:
 def test_input_model_is_not_modified() -> None:
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
     before = get_weights(model)
-    train_local(model, _tabular(), LocalPlan(1, 8, 0.5), privacy=PrivacyPlan(1.0, 1.0), seed=0, device=DEVICE)
+    train_local(
+        model,
+        _tabular(),
+        LocalPlan(1, 8, 0.5),
+        privacy=PrivacyPlan(1.0, 1.0),
+        randomness=reproducible(0),
+        device=DEVICE,
+    )
     assert all(np.array_equal(x, y) for x, y in zip(before, get_weights(model), strict=True))
 
 
@@ -108,7 +116,9 @@ def test_tiny_sample_rate_handles_empty_batches(mode: str) -> None:
     data = _tabular(n=6)
     plan = LocalPlan(local_epochs=3, batch_size=1, learning_rate=0.1)  # q = 1/6: empty batches are likely
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
-    result = train_local(model, data, plan, privacy=PrivacyPlan(1.0, 1.0, mode), seed=5, device=DEVICE)
+    result = train_local(
+        model, data, plan, privacy=PrivacyPlan(1.0, 1.0, mode), randomness=reproducible(5), device=DEVICE
+    )
     assert result.event == DpSgdEvent(1.0, 1 / 6, 18)
     assert all(np.isfinite(w).all() for w in result.weights)
 
@@ -125,7 +135,14 @@ def test_zoo_models_pass_the_opacus_validator(spec: ModelSpec) -> None:
 def test_batchnorm_model_is_refused() -> None:
     model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     with pytest.raises(ValueError, match="not DP-compatible"):
-        train_local(model, _tabular(), LocalPlan(1, 8, 0.1), privacy=PrivacyPlan(1.0, 1.0), seed=0, device=DEVICE)
+        train_local(
+            model,
+            _tabular(),
+            LocalPlan(1, 8, 0.1),
+            privacy=PrivacyPlan(1.0, 1.0),
+            randomness=reproducible(0),
+            device=DEVICE,
+        )
 
 
 def test_fedprox_term_pulls_towards_the_global_model() -> None:
@@ -135,7 +152,7 @@ def test_fedprox_term_pulls_towards_the_global_model() -> None:
 
     def drift(mu: float) -> float:
         plan = LocalPlan(local_epochs=3, batch_size=8, learning_rate=0.5, proximal_mu=mu)
-        res = train_local(model, data, plan, privacy=PrivacyPlan(0.5, 1.0), seed=0, device=DEVICE)
+        res = train_local(model, data, plan, privacy=PrivacyPlan(0.5, 1.0), randomness=reproducible(0), device=DEVICE)
         return float(np.linalg.norm(np.concatenate([w.ravel() for w in res.weights]) - start))
 
     assert drift(1.0) < drift(0.0)
@@ -143,7 +160,9 @@ def test_fedprox_term_pulls_towards_the_global_model() -> None:
 
 def test_non_private_path_has_no_event() -> None:
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
-    result = train_local(model, _tabular(), LocalPlan(1, 8, 0.5), privacy=None, seed=0, device=DEVICE)
+    result = train_local(
+        model, _tabular(), LocalPlan(1, 8, 0.5), privacy=None, randomness=reproducible(0), device=DEVICE
+    )
     assert result.event is None
 
 
@@ -162,9 +181,9 @@ def test_dropout_is_seeded_too(tmp_path) -> None:
     model = build_model(spec, seed=0)
     plan, privacy = LocalPlan(1, 8, 0.5), PrivacyPlan(1e-9, 1.0)  # noise negligible: dropout decides
     state = torch.random.get_rng_state()
-    a = train_local(model, data, plan, privacy=privacy, seed=1, device=DEVICE).weights
+    a = train_local(model, data, plan, privacy=privacy, randomness=reproducible(1), device=DEVICE).weights
     assert torch.equal(torch.random.get_rng_state(), state)
-    a2 = train_local(model, data, plan, privacy=privacy, seed=1, device=DEVICE).weights
-    b = train_local(model, data, plan, privacy=privacy, seed=2, device=DEVICE).weights
+    a2 = train_local(model, data, plan, privacy=privacy, randomness=reproducible(1), device=DEVICE).weights
+    b = train_local(model, data, plan, privacy=privacy, randomness=reproducible(2), device=DEVICE).weights
     assert all(np.array_equal(x, y) for x, y in zip(a, a2, strict=True)), "same seed must reproduce"
     assert any(not np.allclose(x, y) for x, y in zip(a, b, strict=True))

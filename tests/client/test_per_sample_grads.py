@@ -23,6 +23,7 @@ from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
 from common.models import ModelKind, ModelSpec, build_model, exchanged_keys
 from common.notes import synthetic_notes
+from common.privacy.noise import reproducible
 from common.text_loaders import text_dataset
 from common.transformer import LoraSpec, load_tokenizer
 
@@ -70,7 +71,9 @@ def _check_one_private_step(model: nn.Module, data: Dataset, mode: str, bound: f
     keys = exchanged_keys(model)
     state = model.state_dict()
     before = torch.cat([state[k].reshape(-1).float() for k in keys]).to(DEVICE)
-    result = train_local(model, data, plan, privacy=PrivacyPlan(1e-9, bound, mode), seed=0, device=DEVICE)
+    result = train_local(
+        model, data, plan, privacy=PrivacyPlan(1e-9, bound, mode), randomness=reproducible(0), device=DEVICE
+    )
     after = torch.cat([torch.as_tensor(w, device=DEVICE).reshape(-1) for w in result.weights])
     update = before - after
 

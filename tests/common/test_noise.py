@@ -1,0 +1,115 @@
+"""Secret noise, as an attacker would test it: regenerate the site's computation from public
+values on D and on D minus one record, and try to tell which one the site used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
+from common.dataset import Dataset, Modality
+from common.models import ModelKind, ModelSpec, build_model
+from common.privacy.noise import NoiseSource, Randomness, reproducible, secret
+
+CPU = torch.device("cpu")
+PLAN = LocalPlan(local_epochs=1, batch_size=8, learning_rate=0.5)
+PRIVACY = PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0)
+
+
+def _data(n: int = 40, seed: int = 0) -> Dataset:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype(np.float32)
+    return Dataset(x, (x[:, 0] > 0).astype(np.int64), 2, Modality.TABULAR, "test")
+
+
+def _flat(weights: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([w.ravel() for w in weights])
+
+
+def _attack_accuracy(site_randomness: Callable[[int], Randomness], trials: int = 20) -> float:
+    """The regeneration attack: the adversary knows the global model, the public config, the
+    full dataset D and the released update, and assumes the old public seed; it re-runs the
+    site's training on D and on D minus record 0 and guesses the closer one."""
+    full = _data()
+    without = full.subset(np.arange(1, len(full)))
+    model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
+    public_seed = 1234
+    attacker = {
+        name: _flat(
+            train_local(model, d, PLAN, privacy=PRIVACY, randomness=reproducible(public_seed), device=CPU).weights
+        )
+        for name, d in (("D", full), ("D-1", without))
+    }
+    rng = np.random.default_rng(7)
+    correct = 0
+    for _ in range(trials):
+        truth = "D" if rng.random() < 0.5 else "D-1"
+        data = full if truth == "D" else without
+        update = _flat(
+            train_local(model, data, PLAN, privacy=PRIVACY, randomness=site_randomness(public_seed), device=CPU).weights
+        )
+        guess = min(attacker, key=lambda name: float(np.linalg.norm(update - attacker[name])))
+        correct += guess == truth
+    return correct / trials
+
+
+def test_the_attack_is_real_against_publicly_seeded_noise() -> None:
+    # The old behaviour (noise from a seed anyone can compute): membership decided every time.
+    assert _attack_accuracy(reproducible) == 1.0
+
+
+def test_secret_noise_defeats_regeneration() -> None:
+    # With secret randomness the attacker is at chance; 20 fair coin flips give >= 16 right
+    # with probability 0.6%, so this bound is not luck on the old code's side.
+    assert _attack_accuracy(lambda _seed: secret()) < 0.8
+
+
+def test_secret_noise_differs_between_calls_with_identical_inputs() -> None:
+    model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
+    a = train_local(model, _data(), PLAN, privacy=PRIVACY, randomness=secret(), device=CPU).weights
+    b = train_local(model, _data(), PLAN, privacy=PRIVACY, randomness=secret(), device=CPU).weights
+    assert not np.allclose(_flat(a), _flat(b))
+
+
+def test_sampling_and_noise_generators_are_independent() -> None:
+    for randomness in (secret(), reproducible(0)):
+        sampling = randomness.sampling_generator().initial_seed()
+        noise = randomness.noise_generator(CPU)
+        seeds = {sampling, noise.initial_seed()}
+        randomness.reseed_noise(noise, 0)
+        seeds.add(noise.initial_seed())
+        randomness.reseed_noise(noise, 1)
+        seeds.add(noise.initial_seed())
+        assert len(seeds) == 4, f"{randomness.source}: generators share a seed"
+
+
+def test_noise_draws_are_not_correlated_with_the_sample() -> None:
+    # The old code seeded the CPU sampler and the noise generator identically: the first
+    # uniform draws of the one were the first draws behind the other. Here the noise stream
+    # (the step's seed) must not repeat the sampler's stream.
+    r = reproducible(3)
+    u = torch.rand(1000, generator=r.sampling_generator())
+    g = r.noise_generator(CPU)
+    r.reseed_noise(g, 0)
+    v = torch.rand(1000, generator=g)
+    assert abs(float(torch.corrcoef(torch.stack([u, v]))[0, 1])) < 0.15
+
+
+def test_the_record_names_the_source_and_never_a_secret_seed() -> None:
+    assert secret().as_record()["source"] == NoiseSource.OS_ENTROPY.value
+    assert "public_seed" not in secret().as_record()
+    assert reproducible(5).as_record() == {
+        "source": "insecure-reproducible",
+        "secure_sampling": "sum-of-4-halved",
+        "public_seed": 5,
+    }
+    assert not NoiseSource.INSECURE_REPRODUCIBLE.private
+
+
+def test_randomness_rejects_a_seed_for_secret_noise() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="public seed"):
+        Randomness(NoiseSource.OS_ENTROPY, public_seed=1)
