@@ -10,6 +10,13 @@ Durability: an entry is written with one ``write`` on an ``O_APPEND`` descriptor
 ``fsync``-ed before :meth:`Ledger.append` returns, so the caller can release what the entry
 describes only after it is on disk. A crash mid-write can only leave a torn *last* line;
 earlier entries are never rewritten.
+
+Fail closed: after every append the owner also writes a signed checkpoint of the chain head
+(``ledger.head``: the last seq and its hash). A ledger that is gone, emptied, cut short or
+rewritten below its checkpoint (or gone while the owner's key remains) does not open: the
+owner refuses to act until an operator restores it, so a lost ledger never lowers the
+recorded spend. Only a torn line *beyond* the checkpoint is a crash mid-write, whose release
+never happened; it is set aside (kept in ``ledger.jsonl.torn``).
 """
 
 from __future__ import annotations
@@ -98,6 +105,7 @@ def verify_entries(path: Path, entries: list[dict[str, Any]], public_key: Ed2551
 
 
 LEDGER_FILE = "ledger.jsonl"
+HEAD_FILE = "ledger.head"
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,15 @@ class PartyPaths:
 
     def open_ledger(self, owner: str) -> Ledger:
         """The party's ledger, signed with its key (made on first use; only the public half
-        is exported)."""
+        is exported). A key without its ledger or head checkpoint means state was lost: refuse."""
+        key_existed = self.private_key.exists()
+        head = self.ledger.with_name(HEAD_FILE)
+        if key_existed and not self.ledger.exists() and not head.exists():
+            raise LedgerError(
+                f"{self.ledger}: ledger and its head checkpoint are gone but the key {self.private_key} "
+                "remains: this party has history it can no longer show; restore both from a backup "
+                "(it will not act until then)"
+            )
         return Ledger(self.ledger, keys.create_pair(self.private_key, self.public_key), owner=owner)
 
 
@@ -132,13 +148,56 @@ class Ledger:
         self._key = private_key
         self.entries: list[dict[str, Any]] = []
         self.recovered_tail = b""
+        checkpoint = self._read_head()
         if path.exists():
-            self._load()
+            self._load(checkpoint)
+        elif checkpoint is not None and checkpoint["seq"] >= 0:
+            raise LedgerError(
+                f"{path}: ledger is gone but its signed head says {checkpoint['seq'] + 1} entries were "
+                "written: restore it from a backup (nothing will be done until then)"
+            )
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if checkpoint is None:
+                self._write_head()  # genesis: from now on a missing ledger is detected
 
-    def _load(self) -> None:
+    @property
+    def head_path(self) -> Path:
+        return self.path.with_name(HEAD_FILE)
+
+    def _read_head(self) -> dict[str, Any] | None:
+        if not self.head_path.exists():
+            return None
+        try:
+            head = json.loads(self.head_path.read_bytes())
+            body = {k: head[k] for k in ("ledger", "seq", "hash")}
+            ok = keys.verify(self._key.public_key(), canonical(body), str(head["sig"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise LedgerError(f"{self.head_path}: head checkpoint unreadable or not signed by this ledger's key")
+        return head
+
+    def _write_head(self) -> None:
+        body = {"ledger": self.owner, "seq": len(self.entries) - 1, "hash": self.head}
+        data = canonical({**body, "sig": keys.sign(self._key, canonical(body))})
+        tmp = self.head_path.with_name(HEAD_FILE + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.head_path)
+        _fsync_dir(self.head_path.parent)
+
+    def _load(self, checkpoint: dict[str, Any] | None) -> None:
         result = read_entries(self.path)
+        known = -1 if checkpoint is None else int(checkpoint["seq"])
+        if len(result.entries) - 1 < known:
+            raise LedgerError(
+                f"{self.path}: holds {len(result.entries)} complete entries but its signed head says "
+                f"{known + 1} were written (an entry was cut or the file emptied): restore it from a "
+                "backup (nothing will be done until then)"
+            )
         if result.torn_tail:
             # A crash mid-append: the torn entry's release never happened (entries are
             # fsync-ed before release). Keep the bytes for forensics, then cut them off.
@@ -153,7 +212,11 @@ class Ledger:
         problems = verify_entries(self.path, result.entries, self._key.public_key())
         if problems:
             raise LedgerError(problems[0])
+        if checkpoint is not None and known >= 0 and result.entries[known].get("hash") != checkpoint["hash"]:
+            raise LedgerError(f"{self.path}: entry seq {known} differs from the signed head: the ledger was rewritten")
         self.entries = result.entries
+        if checkpoint is None or known != len(self.entries) - 1:
+            self._write_head()
 
     @property
     def head(self) -> str:
@@ -178,10 +241,15 @@ class Ledger:
         finally:
             os.close(fd)
         if created:
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(self.path.parent)
         self.entries.append(entry)
+        self._write_head()
         return entry
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -184,3 +184,82 @@ def test_private_keys_are_owner_only(tmp_path: Path) -> None:
         keys.load_public(tmp_path / "a.pub").public_bytes_raw()
         == keys.load_private(tmp_path / "a.key").public_key().public_bytes_raw()
     )
+
+
+# ---- fail closed: a lost, emptied or cut ledger never lowers the recorded spend -------------
+
+
+def _party(tmp_path: Path):
+    from common.privacy.ledger import PartyPaths
+
+    return PartyPaths(tmp_path / "site", tmp_path / "keys" / "site-0.pub", "site.key")
+
+
+def _spend(paths, rounds: int) -> None:
+    ledger = paths.open_ledger("site-0")
+    for r in range(rounds):
+        ledger.append({"kind": "train", "job": "j", "round": r + 1})
+
+
+def test_deleted_ledger_with_its_key_left_refuses(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 2)
+    paths.ledger.unlink()  # the attack: forget the spend, keep the identity
+    with pytest.raises(LedgerError, match="gone"):
+        paths.open_ledger("site-0")
+
+
+def test_deleted_ledger_and_head_with_the_key_left_refuses(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 2)
+    paths.ledger.unlink()
+    paths.ledger.with_name("ledger.head").unlink()
+    with pytest.raises(LedgerError, match="key .* remains"):
+        paths.open_ledger("site-0")
+
+
+def test_emptied_ledger_refuses(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 3)
+    paths.ledger.write_bytes(b"")
+    with pytest.raises(LedgerError, match="signed head says 3"):
+        paths.open_ledger("site-0")
+
+
+def test_hand_cut_last_line_is_not_a_crash(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 3)
+    data = paths.ledger.read_bytes()
+    paths.ledger.write_bytes(data[: len(data) - 20])  # a complete, released entry made "torn"
+    with pytest.raises(LedgerError, match="an entry was cut"):
+        paths.open_ledger("site-0")
+    assert not paths.ledger.with_name("ledger.jsonl.torn").exists()
+
+
+def test_torn_write_beyond_the_head_is_a_crash_and_is_set_aside(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 2)
+    with open(paths.ledger, "ab") as fh:  # a crash mid-append: the head was not yet advanced
+        fh.write(b'{"kind":"train","job":"j","rou')
+    ledger = paths.open_ledger("site-0")
+    assert len(ledger.entries) == 2
+    assert paths.ledger.with_name("ledger.jsonl.torn").exists()
+
+
+def test_forged_head_is_refused(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 2)
+    head_path = paths.ledger.with_name("ledger.head")
+    head = json.loads(head_path.read_bytes())
+    head["seq"] = 0  # claim fewer entries, to hide the last one after cutting it
+    head_path.write_bytes(canonical(head))
+    with pytest.raises(LedgerError, match="not signed"):
+        paths.open_ledger("site-0")
+
+
+def test_a_new_party_opens_and_reopens(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    assert paths.open_ledger("site-0").entries == []
+    assert paths.open_ledger("site-0").entries == []  # genesis head, no entries: fine
+    _spend(paths, 1)
+    assert len(paths.open_ledger("site-0").entries) == 1
