@@ -78,7 +78,7 @@ class RunConfig:
     rounds: int = 5
     strategy: str = "fedavg"
     fraction_train: float = 1.0
-    fraction_evaluate: float = 1.0
+    fraction_evaluate: float = 0.0  # sites refuse evaluation unless their policy allows it
     proximal_mu: float = 0.0
     server_learning_rate: float = 0.1
     centralized_eval: bool = True
@@ -108,6 +108,14 @@ class RunConfig:
     # Per-site budgets overriding `epsilon`: "site-0=0.5,site-3=2.0" (simulation; a deployed
     # site sets its own budget in its node config).
     site_budgets: str = ""
+    # The sites' own release rules, in a simulation (a deployed site sets them in its policy):
+    # what a site answers to an evaluation request (off | dp | public, see
+    # common/privacy/policy.py) and the Gaussian noise of a DP evaluation release.
+    site_evaluation: str = "off"
+    eval_noise_multiplier: float = 10.0
+    # INSECURE, tests and papers only: noise and sampling derived from the public seed. The
+    # ledger records it and `fedshield audit` reports the run as not private.
+    insecure_reproducible_noise: bool = False
     # bookkeeping
     state_dir: str = ""  # where sites and server keep keys and ledgers; "" = inside `out`
     resume: bool = False  # continue the job in the server's checkpoint (after a crash or stop)
@@ -130,6 +138,13 @@ class RunConfig:
             self.noise_multiplier,
         )
         _check(self.max_grad_norm > 0, "max-grad-norm", "must be > 0", self.max_grad_norm)
+        _check(
+            self.site_evaluation in {"off", "dp", "public"},
+            "site-evaluation",
+            "must be one of off, dp, public",
+            self.site_evaluation,
+        )
+        _check(self.eval_noise_multiplier > 0, "eval-noise-multiplier", "must be > 0", self.eval_noise_multiplier)
         _check(0 < self.test_fraction < 1, "test-fraction", "must be in (0, 1)", self.test_fraction)
         _check(0 < self.val_fraction < 1, "val-fraction", "must be in (0, 1)", self.val_fraction)
         _check(self.alpha > 0, "alpha", "must be > 0", self.alpha)
