@@ -70,10 +70,16 @@ class RunConfig:
     text_field: str = "text"
     label_field: str = "label"
     max_length: int = 128  # tokens per record (longer texts are truncated)
-    # Label values in class order, comma-separated ("" = the sorted labels found in the data).
-    # Set it in a deployment so that every site maps labels to the same classes, whatever
-    # labels its own file happens to hold.
+    # Label values in class order, comma-separated. Required for a user's csv (unless its
+    # feature-schema lists them), npz, image-folder or text data: the classes are never read
+    # from the records, so every site maps labels to the same classes whatever its file holds.
+    # "" = the documented classes of a built-in data set.
     class_names: str = ""
+    # A table's public schema (TOML: each column's public bounds or categories, the label's
+    # class names; see common/data/schema.py). "" = the schema shipped with a built-in table,
+    # none for a user's CSV (which then fails closed). In a simulation it stands in for every
+    # site's policy; a deployed site's own policy names its schema.
+    feature_schema: str = ""
     # federation
     rounds: int = 5
     strategy: str = "fedavg"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.data.schema import BUILTIN_SCHEMAS, TableSchema, load_schema
 from common.dataset import Dataset
 from common.loaders import table_from_rows
 
@@ -81,14 +82,22 @@ def generate_credit_rows(n: int, *, seed: int) -> list[list[str]]:
     ]
 
 
-def synthetic_credit(n: int, *, seed: int) -> Dataset:
-    """The synthetic credit-risk table as a :class:`Dataset` (categoricals one-hot encoded)."""
+def credit_schema() -> TableSchema:
+    """The generator's public schema (``common/data/schemas/credit.toml``): bounds from the
+    parameters above, never from generated records."""
+    return load_schema(BUILTIN_SCHEMAS["synthetic:credit"])
+
+
+def synthetic_credit(n: int, *, seed: int, schema: TableSchema | None = None) -> Dataset:
+    """The synthetic credit-risk table as a :class:`Dataset`, preprocessed with the public
+    ``schema`` (default: :func:`credit_schema`; categoricals one-hot encoded)."""
     rows = generate_credit_rows(n, seed=seed)
     return table_from_rows(
         CREDIT_COLUMNS,
         [(i + 2, r) for i, r in enumerate(rows)],
         source=f"synthetic:credit(n={n}, seed={seed})",
         label_column=CREDIT_LABEL,
+        schema=schema or credit_schema(),
         categorical_columns=CREDIT_CATEGORICAL,
     )
 

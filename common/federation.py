@@ -2,11 +2,20 @@
 
 Order matters for honesty: the global test set is held out first (stratified), then the
 remaining pool is partitioned into sites, then each site splits its own records into train
-and validation. Each party (every site, and the server for the test set) standardises its
-own tabular features with statistics fitted on its own records only.
+and validation.
 
-The same config and site count always give the same sites (everything is seeded), so every
-simulated site can rebuild its own partition without any data crossing processes.
+Preprocessing never depends on the records (that would void DP: one record more or less would
+change every record's inputs). Tables are clipped and scaled with the public bounds of a
+feature schema (``feature-schema``; the shipped data sets ship theirs), images by a fixed
+pixel rule, texts by a pretrained tokenizer; labels map to classes by ``class-names`` (or the
+schema's), never by the labels a file holds. The same transform runs at every site and at the
+server, so the server's test set needs no statistics either.
+
+The split into training and validation records is the site's own: its policy's val-fraction
+and split seed, given by the caller, never the server's ``seed``/``val-fraction``. The test
+split and the partition across simulated sites are the simulation's "world", seeded by
+``seed``, so every simulated site can rebuild its own partition without data crossing
+processes.
 """
 
 from __future__ import annotations
@@ -18,13 +27,14 @@ import numpy as np
 
 from common.config import RunConfig
 from common.credit import synthetic_credit
+from common.data.labels import require_class_names
+from common.data.schema import BUILTIN_SCHEMAS, TableSchema, load_schema
 from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
 from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
 from common.models import ModelKind, ModelSpec
 from common.notes import DEPARTMENTS, synthetic_notes
 from common.partition import PartitionKind, PartitionSpec, partition
-from common.scaling import StandardScaler
 from common.text_loaders import TextTable, read_text_table, text_dataset
 from common.transformer import LoraSpec, load_tokenizer
 
@@ -36,26 +46,55 @@ class SiteData:
     val: Dataset
 
 
+_TABLES = {"sklearn:breast_cancer", "synthetic:credit", "csv"}
+
+
+def table_schema(cfg: RunConfig) -> TableSchema | None:
+    """The table's public schema: ``feature-schema`` (a path), else the one shipped with a
+    built-in data set, else None (a user's table then fails closed when loaded)."""
+    if cfg.feature_schema and cfg.dataset not in _TABLES:
+        raise ConfigError(
+            f"feature-schema applies to tables (csv, sklearn:breast_cancer, synthetic:credit), not dataset "
+            f"{cfg.dataset!r}: its preprocessing is already fixed and public"
+        )
+    if cfg.feature_schema:
+        return load_schema(cfg.feature_schema)
+    builtin = BUILTIN_SCHEMAS.get(cfg.dataset)
+    return load_schema(builtin) if builtin else None
+
+
 def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
-    """The configured data as (pool, test); ``test`` is None when the source has no split."""
+    """The configured data as (pool, test); ``test`` is None when the source has no split.
+    Already preprocessed, record by record, with public parameters only."""
     kind, _, name = cfg.dataset.partition(":")
+    classes = cfg.class_name_list
+    schema = table_schema(cfg)
     if kind == "sklearn":
-        return load_sklearn(name), None
+        return load_sklearn(name, schema=schema, class_names=classes), None
     if cfg.dataset == "synthetic:credit":
-        return synthetic_credit(cfg.synthetic_records, seed=cfg.seed), None
+        if classes:
+            raise ConfigError("synthetic:credit has the fixed classes of its schema: leave class-names unset")
+        return synthetic_credit(cfg.synthetic_records, seed=cfg.seed, schema=schema), None
     if cfg.dataset == "synthetic:notes":
         table = synthetic_notes(cfg.synthetic_records, seed=cfg.seed)
         return _tokenized(cfg, table, classes=DEPARTMENTS), None
     if cfg.dataset in {"csv", "npz", "image-folder", "text"} and not cfg.data_path:
         raise ConfigError(f"dataset {cfg.dataset!r} needs data-path (--data-path)")
     if cfg.dataset == "csv":
-        if not cfg.label_column:
-            raise ConfigError("dataset 'csv' needs label-column (--label-column)")
-        return load_csv(cfg.data_path, label_column=cfg.label_column, categorical_columns=cfg.categorical), None
+        if not cfg.label_column and not (schema and schema.label):
+            raise ConfigError("dataset 'csv' needs label-column (--label-column) or a label in its feature-schema")
+        table = load_csv(
+            cfg.data_path,
+            label_column=cfg.label_column,
+            schema=schema,
+            categorical_columns=cfg.categorical,
+            class_names=classes,
+        )
+        return table, None
     if cfg.dataset == "npz":
-        return load_npz(cfg.data_path)
+        return load_npz(cfg.data_path, class_names=classes)
     if cfg.dataset == "image-folder":
-        return load_image_folder(cfg.data_path), None
+        return load_image_folder(cfg.data_path, class_names=classes), None
     if cfg.dataset == "text":
         table = read_text_table(cfg.data_path, text_field=cfg.text_field, label_field=cfg.label_field)
         return _tokenized(cfg, table), None
@@ -65,17 +104,18 @@ def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
     )
 
 
-def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] | None = None) -> Dataset:
-    """Text tokenized offline with the tokenizer saved beside the transformer's weights."""
+def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) -> Dataset:
+    """Text tokenized offline with the (public, pretrained) tokenizer saved beside the
+    transformer's weights; labels by class-names (a user's text file must give them)."""
     if cfg.model != "transformer":
         raise ConfigError(f"dataset {cfg.dataset!r} holds text: it needs model 'transformer', not {cfg.model!r}")
-    classes = cfg.class_name_list or classes
+    classes = require_class_names(cfg.class_name_list or classes, source=table.source, kind="text file")
     return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
 
 
 @functools.lru_cache(maxsize=8)
 def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
-    """(pool shared out to sites, global test set before scaling)."""
+    """(pool shared out to sites, global test set), both preprocessed with public parameters."""
     pool, test = load_source(cfg)
     if test is None:
         rest, held = stratified_split(pool.y, cfg.test_fraction, seed=cfg.seed)
@@ -128,47 +168,89 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
         raise ConfigError(str(exc)) from None
 
 
-def _scaled(train: Dataset, *others: Dataset) -> list[Dataset]:
-    if train.modality is not Modality.TABULAR:
-        return [train, *others]  # images are already in [0, 1]: no fitted statistics
-    scaler = StandardScaler.fit(train.x)
-    return [d.with_features(scaler.transform(d.x)) for d in (train, *others)]
-
-
 def server_test_set(cfg: RunConfig) -> Dataset:
-    """The server's own held-out test set, standardised with its own statistics."""
+    """The server's own held-out test set, preprocessed by the same public transform as the
+    sites' records (no statistics of its own)."""
     _, test = pool_and_test(cfg)
-    return _scaled(test)[0]
+    return test
 
 
-@functools.lru_cache(maxsize=8)
-def site_partitions(cfg: RunConfig, num_sites: int) -> tuple[SiteData, ...]:
-    """Every site's data for a federation of ``num_sites`` sites."""
-    pool, _ = pool_and_test(cfg)
-    spec = PartitionSpec(PartitionKind(cfg.partition), num_sites, cfg.alpha, cfg.min_site_records)
-    sites = []
-    for site_id, idx in enumerate(partition(pool.y, spec, seed=cfg.seed)):
-        local = pool.subset(idx)
-        train_idx, val_idx = _site_split(local, cfg, site_id)
-        train, val = _scaled(local.subset(train_idx), local.subset(val_idx))
-        sites.append(SiteData(site_id, train, val))
-    return tuple(sites)
+# The split a caller gets when it gives none (the harness's input check, tests): fixed, and
+# independent of the server's settings. A site's policy gives its own.
+DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
 
 
-def _site_split(local: Dataset, cfg: RunConfig, site_id: int):
-    import numpy as np
-
-    rng = np.random.default_rng([cfg.seed, site_id])
-    order = rng.permutation(len(local))
-    n_val = max(1, int(round(cfg.val_fraction * len(local))))
+def split_records(n: int, *, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices) of ``n`` records, from the site's own split spec
+    only: the same spec and record count always give the same split, in every job."""
+    if not 0 < val_fraction < 1:
+        raise ConfigError(f"val-fraction must be in (0, 1), got {val_fraction!r}")
+    if n < 2:
+        raise DataError(f"{n} records cannot be split into training and validation records")
+    order = np.random.default_rng(split_seed).permutation(n)
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def _split(site_id: int, local: Dataset, val_fraction: float, split_seed: int) -> SiteData:
+    train_idx, val_idx = split_records(len(local), val_fraction=val_fraction, split_seed=split_seed)
+    return SiteData(site_id, local.subset(train_idx), local.subset(val_idx))
+
+
+@functools.lru_cache(maxsize=8)
+def _site_records(cfg: RunConfig, num_sites: int) -> tuple[Dataset, ...]:
+    """Each simulated site's records: the pool partitioned by the scenario's seed (the world)."""
+    pool, _ = pool_and_test(cfg)
+    spec = PartitionSpec(PartitionKind(cfg.partition), num_sites, cfg.alpha, cfg.min_site_records)
+    return tuple(pool.subset(idx) for idx in partition(pool.y, spec, seed=cfg.seed))
+
+
+def site_partitions(
+    cfg: RunConfig,
+    num_sites: int,
+    *,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+) -> tuple[SiteData, ...]:
+    """Every site's data for a federation of ``num_sites`` sites, each split with the same
+    given spec (a fixed one by default; a simulated site's own comes via :func:`site_data`)."""
+    return tuple(
+        _split(site_id, local, val_fraction, split_seed) for site_id, local in enumerate(_site_records(cfg, num_sites))
+    )
+
+
+def site_data(cfg: RunConfig, site_id: int, num_sites: int, *, val_fraction: float, split_seed: int) -> SiteData:
+    """A simulated site's records (its part of the scenario's world), split by the site's own
+    spec (its policy's val-fraction and split seed)."""
+    if not 0 <= site_id < num_sites:
+        raise ConfigError(f"site id must be in [0, {num_sites}), got {site_id}")
+    return _split(site_id, _site_records(cfg, num_sites)[site_id], val_fraction, split_seed)
+
+
 @functools.lru_cache(maxsize=4)
-def local_site_data(cfg: RunConfig, data_path: str, site_id: int = 0) -> SiteData:
+def local_site_data(
+    cfg: RunConfig,
+    data_path: str,
+    *,
+    val_fraction: float,
+    split_seed: int,
+    class_names: tuple[str, ...],
+    feature_schema: str,
+    site_id: int = 0,
+) -> SiteData:
     """A deployed site's own data file (node config ``data-path``), in the format the job names
-    (csv / npz / image-folder): all of it is the site's, split into train and validation."""
-    local, test = load_source(cfg.replace(data_path=data_path))
+    (csv / npz / image-folder / text): all of it is the site's, split into train and validation
+    by the site's spec. ``class_names`` and ``feature_schema`` are the site's policy's; the
+    job's own class-names, when set, must agree (the model's head is built from them)."""
+    classes = tuple(c.strip() for c in class_names)
+    if cfg.class_name_list and classes and cfg.class_name_list != classes:
+        raise ConfigError(
+            f"the job's class-names {', '.join(cfg.class_name_list)} differ from this site's "
+            f"class-names {', '.join(classes)}"
+        )
+    site_cfg = cfg.replace(data_path=data_path, class_names=",".join(classes), feature_schema=feature_schema)
+    local, test = load_source(site_cfg)
     if test is not None:  # an npz with a test split: the site keeps it for validation too
         local = Dataset(
             np.concatenate([local.x, test.x]),
@@ -179,12 +261,4 @@ def local_site_data(cfg: RunConfig, data_path: str, site_id: int = 0) -> SiteDat
         )
     if len(local) < cfg.min_site_records:
         raise DataError(f"{data_path}: {len(local)} records, fewer than min-site-records={cfg.min_site_records}")
-    train_idx, val_idx = _site_split(local, cfg, site_id)
-    train, val = _scaled(local.subset(train_idx), local.subset(val_idx))
-    return SiteData(site_id, train, val)
-
-
-def site_data(cfg: RunConfig, site_id: int, num_sites: int) -> SiteData:
-    if not 0 <= site_id < num_sites:
-        raise ConfigError(f"site id must be in [0, {num_sites}), got {site_id}")
-    return site_partitions(cfg, num_sites)[site_id]
+    return _split(site_id, local, val_fraction, split_seed)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.data.labels import class_indices, require_class_names
+from common.data.schema import BUILTIN_SCHEMAS, RawTable, TableSchema, load_schema
 from common.dataset import Dataset, Modality
 from common.errors import DataError
 
@@ -20,23 +22,33 @@ _MISSING = {"na", "n/a", "null", "none"}  # "nan" in a feature is reported as Na
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def load_sklearn(name: str) -> Dataset:
-    """A dataset that ships with scikit-learn (no download): ``breast_cancer`` or ``digits``."""
+def load_sklearn(name: str, *, schema: TableSchema | None = None, class_names: Sequence[str] = ()) -> Dataset:
+    """A dataset that ships with scikit-learn (no download): ``breast_cancer`` or ``digits``.
+
+    Breast cancer is preprocessed with its shipped public schema (``schema`` overrides it),
+    digits with the fixed pixel scaling 0..16 -> [0, 1]; neither reads a statistic of the
+    records. Labels map by their documented names (``class_names`` may reorder them)."""
     from sklearn import datasets
 
     if name == "breast_cancer":
         bunch = datasets.load_breast_cancer()
-        return Dataset(
-            bunch.data.astype(np.float32),
-            bunch.target.astype(np.int64),
-            2,
-            Modality.TABULAR,
-            "sklearn:breast_cancer",
+        schema = schema or load_schema(BUILTIN_SCHEMAS["sklearn:breast_cancer"])
+        source = "sklearn:breast_cancer"
+        table = RawTable(
+            source,
+            tuple(range(len(bunch.target))),
+            tuple(str(bunch.target_names[t]) for t in bunch.target),
+            schema.label or "target",
+            numeric={str(n): bunch.data[:, j] for j, n in enumerate(bunch.feature_names)},
         )
+        y, num_classes = schema.labels_of(table, class_names)
+        return Dataset(schema.features_of(table), y, num_classes, Modality.TABULAR, source)
     if name == "digits":
         bunch = datasets.load_digits()
-        images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
-        return Dataset(images, bunch.target.astype(np.int64), 10, Modality.IMAGE, "sklearn:digits")
+        images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]  # 4-bit pixels: a fixed scale
+        names = class_names or tuple(str(d) for d in range(10))
+        y = class_indices([str(t) for t in bunch.target], names, source="sklearn:digits")
+        return Dataset(images, y, len(names), Modality.IMAGE, "sklearn:digits")
     raise DataError(f"unknown scikit-learn dataset {name!r}; choose breast_cancer or digits")
 
 
@@ -51,12 +63,15 @@ def load_csv(
     path: str | Path,
     *,
     label_column: str,
+    schema: TableSchema | None = None,
     categorical_columns: Sequence[str] = (),
+    class_names: Sequence[str] = (),
 ) -> Dataset:
-    """Load a CSV table with a header row, a named label column and feature columns.
+    """Load a CSV table with a header row, a label column and feature columns.
 
-    Numeric columns are parsed as floats; ``categorical_columns`` are one-hot encoded.
-    Labels may be numbers or strings; they are mapped to 0..K-1 in sorted order.
+    Features are preprocessed with the public ``schema`` only (bounds, categories); labels map
+    to classes by ``class_names`` or the schema's class-names. Without a schema the file is
+    still checked cell by cell, then refused (fail closed): see :func:`table_from_rows`.
     """
     path = Path(path)
     require_file(path)
@@ -71,7 +86,13 @@ def load_csv(
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
     return table_from_rows(
-        header, rows, source=str(path), label_column=label_column, categorical_columns=categorical_columns
+        header,
+        rows,
+        source=str(path),
+        label_column=label_column,
+        schema=schema,
+        categorical_columns=categorical_columns,
+        class_names=class_names,
     )
 
 
@@ -81,11 +102,52 @@ def table_from_rows(
     *,
     source: str,
     label_column: str,
+    schema: TableSchema | None = None,
     categorical_columns: Sequence[str] = (),
+    class_names: Sequence[str] = (),
 ) -> Dataset:
-    """Turn string cells (``(line_number, cells)`` pairs) into a tabular :class:`Dataset`."""
+    """Turn string cells (``(line_number, cells)`` pairs) into a tabular :class:`Dataset`.
+
+    Categorical columns are the schema's (plus ``categorical_columns``, which must agree with
+    it). ``schema=None`` fails closed once the cells have been checked: preprocessing fitted
+    on the records (a scaler, the categories or labels found in the file) would void DP.
+    """
+    label_column = label_column or (schema.label if schema else "")
+    if not label_column:
+        raise DataError(f"{source}: no label column: set label-column (or label in the feature schema)")
+    if schema is not None and schema.label and schema.label != label_column:
+        raise DataError(
+            f"{source}: label column {label_column!r} differs from label {schema.label!r} of the feature schema "
+            f"{schema.source}"
+        )
+    categorical = list(dict.fromkeys([*(schema.categorical_names if schema else ()), *categorical_columns]))
+    table = read_cells(header, rows, source=source, label_column=label_column, categorical_columns=categorical)
+    if schema is None:
+        raise DataError(
+            f"{source}: no feature-schema: a table is preprocessed with public bounds, never statistics of its "
+            f"records; write one (template: python -m common.data.schema {source} {label_column} > schema.toml, "
+            "then fill in lo/hi and class-names) and set feature-schema to its path"
+        )
+    y, num_classes = schema.labels_of(table, class_names)
+    return Dataset(schema.features_of(table), y, num_classes, Modality.TABULAR, source)
+
+
+def read_cells(
+    header: Sequence[str],
+    rows: Iterable[tuple[int, Sequence[str]]],
+    *,
+    source: str,
+    label_column: str,
+    categorical_columns: Sequence[str] = (),
+) -> RawTable:
+    """Check every cell (count, missing, numeric, finite) and keep them unprocessed: numeric
+    columns as floats, ``categorical_columns`` and the label as text."""
+    header = list(header)
     if label_column not in header:
         raise DataError(f"{source}: label column {label_column!r} not found; columns are {', '.join(header)}")
+    if len(set(header)) != len(header):
+        dup = next(h for h in header if header.count(h) > 1)
+        raise DataError(f"{source}: column {dup!r} appears twice in the header")
     for col in categorical_columns:
         if col not in header:
             raise DataError(f"{source}: categorical column {col!r} not found; columns are {', '.join(header)}")
@@ -129,20 +191,19 @@ def table_from_rows(
                 raise DataError(f"{source}: line {line}, column {header[col]!r}: empty category")
             cat_row.append(cell)
         cats.append(cat_row)
-
-    blocks = [numeric]
-    for k, _col in enumerate(cat_idx):
-        values = sorted({row[k] for row in cats})
-        index = {v: i for i, v in enumerate(values)}
-        onehot = np.zeros((len(rows), len(values)))
-        onehot[np.arange(len(rows)), [index[row[k]] for row in cats]] = 1.0
-        blocks.append(onehot)
-    x = np.concatenate(blocks, axis=1).astype(np.float32)
-    y, num_classes = encode_labels(labels_raw)
-    return Dataset(x, y, num_classes, Modality.TABULAR, source)
+    return RawTable(
+        source,
+        tuple(line for line, _ in rows),
+        tuple(labels_raw),
+        label_column,
+        numeric={header[col]: numeric[:, j] for j, col in enumerate(num_idx)},
+        categorical={header[col]: tuple(row[k] for row in cats) for k, col in enumerate(cat_idx)},
+    )
 
 
 def encode_labels(raw: Sequence[str]) -> tuple[np.ndarray, int]:
+    """Labels mapped to 0..K-1 in sorted order. The vocabulary comes from the records: use it
+    only where the labels are public; sites' tables, arrays and images use class-names."""
     try:
         numbers = [float(v) for v in raw]
         classes: list = sorted(set(numbers))
@@ -175,14 +236,18 @@ def _images_to_chw(images: np.ndarray, source: str) -> np.ndarray:
     return images
 
 
-def load_npz(path: str | Path) -> tuple[Dataset, Dataset | None]:
+def load_npz(path: str | Path, *, class_names: Sequence[str]) -> tuple[Dataset, Dataset | None]:
     """Load arrays in the MedMNIST layout: ``{train,val,test}_images`` and ``_labels``.
 
+    Labels are class indices into ``class_names`` (required: the class count must not be read
+    from the largest label in the file). Pixels are scaled by a fixed rule (uint8 / 255; floats
+    must already lie in [0, 1]), never by the records' own range.
     Returns (pool, test): train and val records form the pool that sites share; the test
     split, when present, is the held-out global test set.
     """
     path = Path(path)
     require_file(path)
+    names = require_class_names(class_names, source=str(path), kind="npz file")
     try:
         arrays = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
@@ -199,25 +264,32 @@ def load_npz(path: str | Path) -> tuple[Dataset, Dataset | None]:
             labels = np.asarray(arrays[f"{split}_labels"]).reshape(-1)
             if len(labels) != len(images):
                 raise DataError(f"{path}: {split}_images has {len(images)} records, {split}_labels {len(labels)}")
+            if not np.issubdtype(labels.dtype, np.integer):
+                raise DataError(f"{path}: {split}_labels must be integer class indices, found dtype {labels.dtype}")
+            bad = np.flatnonzero((labels < 0) | (labels >= len(names)))
+            if len(bad):
+                raise DataError(
+                    f"{path}: {split}_labels[{bad[0]}] = {labels[bad[0]]} is not a class index 0..{len(names) - 1} "
+                    f"of the {len(names)} class-names"
+                )
             parts[split] = (images, labels.astype(np.int64))
     pool_x = np.concatenate([parts[s][0] for s in ("train", "val") if s in parts])
     pool_y = np.concatenate([parts[s][1] for s in ("train", "val") if s in parts])
-    all_y = np.concatenate([pool_y] + ([parts["test"][1]] if "test" in parts else []))
-    if all_y.min() < 0:
-        raise DataError(f"{path}: labels must be >= 0, found {all_y.min()}")
-    num_classes = int(all_y.max()) + 1
-    pool = Dataset(pool_x, pool_y, num_classes, Modality.IMAGE, str(path))
+    pool = Dataset(pool_x, pool_y, len(names), Modality.IMAGE, str(path))
     test = None
     if "test" in parts:
-        test = Dataset(parts["test"][0], parts["test"][1], num_classes, Modality.IMAGE, f"{path}:test")
+        test = Dataset(parts["test"][0], parts["test"][1], len(names), Modality.IMAGE, f"{path}:test")
     return pool, test
 
 
-def load_image_folder(path: str | Path) -> Dataset:
-    """Load ``root/<class name>/<image>`` files; classes are sorted folder names.
+def load_image_folder(path: str | Path, *, class_names: Sequence[str]) -> Dataset:
+    """Load ``root/<class name>/<image>`` files; a folder's class is its name's position in
+    ``class_names`` (required: a site may lack a class, and the folders it happens to hold
+    must not decide the classes).
 
     Every image must have the same size; images are converted to grayscale when all are
-    grayscale, else to RGB.
+    grayscale, else to RGB, and scaled by the fixed rule 8-bit / 255 (no statistic of the
+    records).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -226,11 +298,13 @@ def load_image_folder(path: str | Path) -> Dataset:
         raise DataError(f"{root}: image folder not found")
     if not root.is_dir():
         raise DataError(f"{root}: expected a folder with one sub-folder per class")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"{root}: need at least 2 class sub-folders, found {len(classes)}")
+    names = require_class_names(class_names, source=str(root), kind="image folder")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DataError(f"{root}: no class sub-folders (one per class: {', '.join(names)})")
+    labels = class_indices(folders, names, source=str(root), where=[f"folder {f!r}" for f in folders])
     files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
+    for label, name in zip(labels.tolist(), folders, strict=True):
         for f in sorted((root / name).iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 files.append((f, label))
@@ -256,4 +330,4 @@ def load_image_folder(path: str | Path) -> Dataset:
     x = np.stack(arrays)
     x = x[:, None, :, :] if mode == "L" else np.transpose(x, (0, 3, 1, 2))
     y = np.array([label for _, label in files], dtype=np.int64)
-    return Dataset(x.astype(np.float32), y, len(classes), Modality.IMAGE, str(root))
+    return Dataset(x.astype(np.float32), y, len(names), Modality.IMAGE, str(root))

@@ -1,15 +1,31 @@
-"""Data per party: held-out test set first, sites next, each site scaled on its own records;
-a deployed site reads its own file; a deployed server needs no data to build the model."""
+"""Data per party: held-out test set first, sites next; preprocessing from public parameters
+only (the same at every site and the server); each site's split from its own spec; a deployed
+site reads its own file; a deployed server needs no data to build the model."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from common.config import RunConfig
 from common.credit import write_credit_csv
-from common.federation import local_site_data, model_spec, pool_and_test, site_partitions
+from common.data.schema import BUILTIN_SCHEMAS
+from common.errors import ConfigError, DataError
+from common.federation import (
+    local_site_data,
+    model_spec,
+    pool_and_test,
+    server_test_set,
+    site_data,
+    site_partitions,
+    split_records,
+)
+
+SPLIT = {"val_fraction": 0.25, "split_seed": 1234}
+CREDIT = {"class_names": (), "feature_schema": str(BUILTIN_SCHEMAS["synthetic:credit"])}
 
 
 def test_test_set_is_held_out_before_sites_are_made() -> None:
@@ -20,10 +36,57 @@ def test_test_set_is_held_out_before_sites_are_made() -> None:
     assert len(pool) + len(test) == 569
 
 
-def test_each_site_is_standardised_on_its_own_training_records() -> None:
-    for site in site_partitions(RunConfig(sites=3), 3):
-        np.testing.assert_allclose(site.train.x.mean(axis=0), 0.0, atol=1e-4)
-        assert not np.allclose(site.val.x.mean(axis=0), 0.0, atol=1e-4)  # val uses train statistics
+def test_every_party_uses_the_same_public_transform() -> None:
+    """Sites and the server preprocess with the shipped schema's bounds: a record's inputs do
+    not depend on which party holds it (no per-party statistics)."""
+    from sklearn.datasets import load_breast_cancer
+
+    from common.loaders import load_sklearn
+
+    cfg = RunConfig(sites=3)
+    everything = load_sklearn("breast_cancer")
+    rows = {tuple(r) for r in everything.x}
+    parts = [*site_partitions(cfg, 3)]
+    for ds in [server_test_set(cfg), *(p.train for p in parts), *(p.val for p in parts)]:
+        assert {tuple(r) for r in ds.x} <= rows
+        assert ds.x.min() >= -1.0 and ds.x.max() <= 1.0
+    assert everything.x.shape == load_breast_cancer().data.shape
+
+
+def test_split_is_the_sites_own_not_the_servers() -> None:
+    """(c) The server's seed and val-fraction do not move a site's split; the site's spec does,
+    the same way every time."""
+    cfg = RunConfig(sites=3)
+    site = site_data(cfg, 1, 3, **SPLIT)
+    for server in (cfg.replace(val_fraction=0.5), cfg.replace(val_fraction=0.05)):
+        other = site_data(server, 1, 3, **SPLIT)
+        np.testing.assert_array_equal(other.val.x, site.val.x)
+        np.testing.assert_array_equal(other.train.x, site.train.x)
+    assert len(site.val) == round(0.25 * (len(site.train) + len(site.val)))
+    again = site_data(cfg, 1, 3, **SPLIT)
+    np.testing.assert_array_equal(again.val.x, site.val.x)
+    reseeded = site_data(cfg, 1, 3, val_fraction=0.25, split_seed=99)
+    assert not np.array_equal(reseeded.val.x, site.val.x)
+
+
+def test_deployed_split_ignores_the_servers_seed_and_val_fraction(tmp_path: Path) -> None:
+    path = tmp_path / "loans.csv"
+    write_credit_csv(str(path), 120, seed=1)
+    cfg = RunConfig(dataset="csv", label_column="default")
+    site = local_site_data(cfg, str(path), **SPLIT, **CREDIT)
+    for server in (cfg.replace(seed=7), cfg.replace(val_fraction=0.6), cfg.replace(seed=3, val_fraction=0.1)):
+        other = local_site_data(server, str(path), **SPLIT, **CREDIT)
+        np.testing.assert_array_equal(other.val.x, site.val.x)
+        np.testing.assert_array_equal(other.train.y, site.train.y)
+    assert len(site.val) == 30
+
+
+def test_split_records_is_a_pure_function_of_the_spec() -> None:
+    a = split_records(50, val_fraction=0.2, split_seed=5)
+    b = split_records(50, val_fraction=0.2, split_seed=5)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert len(a[1]) == 10 and set(a[0]).isdisjoint(a[1]) and len(a[0]) + len(a[1]) == 50
+    assert len(split_records(2, val_fraction=0.9, split_seed=0)[0]) == 1  # a site keeps a training record
 
 
 def test_deployed_server_builds_the_model_without_data() -> None:
@@ -37,10 +100,34 @@ def test_deployed_server_builds_the_model_without_data() -> None:
 def test_deployed_site_reads_its_own_file(tmp_path: Path) -> None:
     path = tmp_path / "loans.csv"
     write_credit_csv(str(path), 200, seed=1)
+    cfg = RunConfig(dataset="csv", label_column="default")
+    site = local_site_data(cfg, str(path), **SPLIT, **CREDIT, site_id=2)
+    assert len(site.train) + len(site.val) == 200 and site.train.x.shape[1] == 14 and site.site_id == 2
+    assert site.train.x.min() >= -1.0 and site.train.x.max() <= 1.0
+
+
+def test_a_deployed_table_without_schema_or_class_names_fails_closed(tmp_path: Path) -> None:
+    path = tmp_path / "loans.csv"
+    write_credit_csv(str(path), 50, seed=1)
     cfg = RunConfig(dataset="csv", label_column="default", categorical_columns="home,purpose")
-    site = local_site_data(cfg, str(path))
-    assert len(site.train) + len(site.val) == 200 and site.train.x.shape[1] == 14
-    np.testing.assert_allclose(site.train.x.mean(axis=0), 0.0, atol=1e-4)
+    with pytest.raises(DataError, match=re.escape(f"{path}: no feature-schema")):
+        local_site_data(cfg, str(path), **SPLIT, class_names=("0", "1"), feature_schema="")
+    npz = tmp_path / "scans.npz"
+    np.savez(npz, train_images=np.zeros((6, 2, 2), np.uint8), train_labels=np.array([0, 1] * 3))
+    with pytest.raises(DataError, match=re.escape(f"{npz}: a npz file needs class-names")):
+        local_site_data(RunConfig(dataset="npz", model="cnn"), str(npz), **SPLIT, class_names=(), feature_schema="")
+    site = local_site_data(
+        RunConfig(dataset="npz", model="cnn"), str(npz), **SPLIT, class_names=("a", "b", "c"), feature_schema=""
+    )
+    assert site.train.num_classes == 3  # from the site's class-names, not the largest label held
+
+
+def test_the_jobs_class_names_must_agree_with_the_sites(tmp_path: Path) -> None:
+    path = tmp_path / "loans.csv"
+    write_credit_csv(str(path), 50, seed=1)
+    cfg = RunConfig(dataset="csv", label_column="default", class_names="1,0")
+    with pytest.raises(ConfigError, match="differ from this site's class-names 0, 1"):
+        local_site_data(cfg, str(path), **SPLIT, class_names=("0", "1"), feature_schema=CREDIT["feature_schema"])
 
 
 def test_class_names_give_every_site_the_same_label_mapping(tmp_path, tiny_text_model) -> None:
@@ -58,8 +145,26 @@ def test_class_names_give_every_site_the_same_label_mapping(tmp_path, tiny_text_
         random_init=True,
         class_names="cardiology,neurology,pulmonology",
     )
-    site = local_site_data(cfg, str(path))
+    names = cfg.class_name_list
+    site = local_site_data(cfg, str(path), **SPLIT, class_names=names, feature_schema="")
     assert site.train.num_classes == 3 and set(site.train.y) | set(site.val.y) == {1, 2}
     assert model_spec(cfg).num_classes == 3  # a server holding no data builds the same head
-    unmapped = local_site_data(cfg.replace(class_names=""), str(path))
-    assert unmapped.train.num_classes == 2
+    with pytest.raises(DataError, match="a text file needs class-names"):  # never the labels found
+        local_site_data(cfg.replace(class_names=""), str(path), **SPLIT, class_names=(), feature_schema="")
+
+
+def test_a_sites_outlier_moves_no_other_records_inputs(tmp_path: Path) -> None:
+    """(a) at the site: with one far-out record added, every other record's preprocessed
+    features are unchanged (a scaler fitted on the site's records moves all of them)."""
+    base, neighbour = tmp_path / "d.csv", tmp_path / "d2.csv"
+    write_credit_csv(str(base), 80, seed=2)
+    lines = base.read_text().splitlines()
+    neighbour.write_text("\n".join([*lines, "75,99999999,1.0,500,400,57,rent,business,1"]) + "\n")
+    cfg = RunConfig(dataset="csv", label_column="default")
+
+    def rows(path: Path) -> set[tuple[float, ...]]:
+        site = local_site_data(cfg, str(path), **SPLIT, **CREDIT)
+        return {tuple(r) for r in np.concatenate([site.train.x, site.val.x])}
+
+    before, after = rows(base), rows(neighbour)
+    assert before < after and len(after - before) == 1

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.credit import CREDIT_COLUMNS, generate_credit_rows, synthetic_credit, write_credit_csv
+from common.credit import CREDIT_COLUMNS, credit_schema, generate_credit_rows, synthetic_credit, write_credit_csv
+from common.data.schema import TableSchema, load_schema
 from common.dataset import Modality
 from common.errors import DataError
 from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
@@ -30,42 +31,64 @@ age,color,score,outcome
 """
 
 
-def test_csv_loads_numeric_and_one_hot_categorical(tmp_path):
+GOOD_SCHEMA = """\
+label = "outcome"
+class-names = ["no", "maybe", "yes"]
+[[feature]]
+name = "age"
+lo = 20.0
+hi = 60.0
+[[feature]]
+name = "color"
+categories = ["red", "green", "blue"]
+[[feature]]
+name = "score"
+lo = -1.0
+hi = 3.0
+"""
+
+
+def _schema(tmp_path: Path, text: str = GOOD_SCHEMA) -> TableSchema:
+    return load_schema(_write(tmp_path / "schema.toml", text))
+
+
+def test_csv_is_preprocessed_with_the_public_schema_only(tmp_path):
     path = _write(tmp_path / "good.csv", GOOD_CSV)
-    ds = load_csv(path, label_column="outcome", categorical_columns=("color",))
+    ds = load_csv(path, label_column="outcome", schema=_schema(tmp_path))
     assert ds.modality is Modality.TABULAR
     assert ds.x.dtype == np.float32
     assert ds.y.dtype == np.int64
-    # numeric columns in header order, then one-hot blocks (categories sorted: blue, green, red)
+    # schema order: age to [-1, 1] over [20, 60], color one-hot (red, green, blue), score over [-1, 3]
     expected = np.array(
         [
-            [30, 1.5, 0, 0, 1],
-            [41, 2.0, 1, 0, 0],
-            [25, -0.5, 0, 1, 0],
-            [60, 3.25, 0, 0, 1],
+            [-0.5, 1, 0, 0, 0.25],
+            [0.05, 0, 0, 1, 0.5],
+            [-0.75, 0, 1, 0, -0.75],
+            [1.0, 1, 0, 0, 1.0],  # age 60 is the public upper bound; 3.25 is clipped to 3
         ],
         dtype=np.float32,
     )
-    np.testing.assert_array_equal(ds.x, expected)
-    # string labels map to sorted 0..K-1: maybe=0, no=1, yes=2
-    np.testing.assert_array_equal(ds.y, [2, 1, 0, 2])
+    np.testing.assert_allclose(ds.x, expected, atol=1e-6)
+    np.testing.assert_array_equal(ds.y, [2, 0, 1, 2])  # by class-names: no=0, maybe=1, yes=2
     assert ds.num_classes == 3
     assert ds.source == str(path)
 
 
-def test_csv_numeric_labels_map_to_sorted_indices(tmp_path):
-    path = _write(tmp_path / "num.csv", "a,y\n1,5\n2,-1\n3,5\n4,2\n")
-    ds = load_csv(path, label_column="y")
-    np.testing.assert_array_equal(ds.y, [2, 0, 2, 1])
+def test_csv_numeric_labels_map_by_class_names(tmp_path):
+    path = _write(tmp_path / "num.csv", "a,y\n1,5\n2,-1\n3,5.0\n4,2\n")
+    schema = _schema(tmp_path, '[[feature]]\nname = "a"\nlo = 0\nhi = 4\n')
+    ds = load_csv(path, label_column="y", schema=schema, class_names=("5", "2", "-1"))
+    np.testing.assert_array_equal(ds.y, [0, 2, 0, 1])
     assert ds.num_classes == 3
-    np.testing.assert_array_equal(ds.x[:, 0], [1, 2, 3, 4])
+    np.testing.assert_allclose(ds.x[:, 0], [-0.5, 0.0, 0.5, 1.0])
 
 
 def test_csv_skips_blank_rows_and_strips_spaces(tmp_path):
     path = _write(tmp_path / "spaced.csv", " a , y \n 1 , 0 \n\n 2 , 1 \n")
-    ds = load_csv(path, label_column="y")
+    schema = _schema(tmp_path, 'class-names = ["0", "1"]\n[[feature]]\nname = "a"\nlo = 0\nhi = 2\n')
+    ds = load_csv(path, label_column="y", schema=schema)
     assert len(ds) == 2
-    np.testing.assert_array_equal(ds.x[:, 0], [1, 2])
+    np.testing.assert_allclose(ds.x[:, 0], [0.0, 1.0])
 
 
 def _data_error(fn, *args, **kwargs) -> str:
@@ -180,11 +203,12 @@ def test_csv_empty_file_and_header_only(tmp_path):
     assert "no data rows" in message
 
 
-def test_csv_single_class_is_rejected(tmp_path):
+def test_csv_with_one_class_keeps_the_federation_classes(tmp_path):
+    """A site holding one class still has the federation's classes (from class-names)."""
     path = _write(tmp_path / "one.csv", "a,y\n1,0\n2,0\n")
-    message = _data_error(load_csv, path, label_column="y")
-    assert str(path) in message
-    assert "2 classes" in message
+    schema = _schema(tmp_path, 'class-names = ["0", "1"]\n[[feature]]\nname = "a"\nlo = 0\nhi = 2\n')
+    ds = load_csv(path, label_column="y", schema=schema)
+    assert ds.num_classes == 2 and set(ds.y) == {0}
 
 
 def test_csv_not_utf8(tmp_path):
@@ -196,6 +220,8 @@ def test_csv_not_utf8(tmp_path):
 
 
 # ---- npz (MedMNIST layout) --------------------------------------------------------------
+
+MED_CLASSES = ("normal", "benign", "malignant")
 
 
 def _medmnist_arrays(rng: np.random.Generator, h: int = 6, w: int = 5) -> dict[str, np.ndarray]:
@@ -211,7 +237,7 @@ def test_npz_medmnist_layout(tmp_path):
     arrays = _medmnist_arrays(np.random.default_rng(0))
     path = tmp_path / "med.npz"
     np.savez(path, **arrays)
-    pool, test = load_npz(path)
+    pool, test = load_npz(path, class_names=MED_CLASSES)
     assert test is not None
     assert pool.modality is Modality.IMAGE and test.modality is Modality.IMAGE
     assert pool.x.shape == (16, 1, 6, 5)
@@ -232,7 +258,7 @@ def test_npz_rgb_layout_is_channels_first(tmp_path):
     images = rng.integers(0, 256, size=(6, 4, 5, 3), dtype=np.uint8)
     path = tmp_path / "rgb.npz"
     np.savez(path, train_images=images, train_labels=np.array([0, 1] * 3).reshape(6, 1))
-    pool, test = load_npz(path)
+    pool, test = load_npz(path, class_names=MED_CLASSES)
     assert test is None
     assert pool.x.shape == (6, 3, 4, 5)
     np.testing.assert_allclose(pool.x[2, 1], images[2, :, :, 1] / 255.0, rtol=1e-6)
@@ -243,7 +269,7 @@ def test_npz_missing_train_labels(tmp_path):
     del arrays["train_labels"]
     path = tmp_path / "nolabels.npz"
     np.savez(path, **arrays)
-    message = _data_error(load_npz, path)
+    message = _data_error(load_npz, path, class_names=MED_CLASSES)
     assert str(path) in message
     assert "train_labels" in message
 
@@ -253,7 +279,7 @@ def test_npz_split_without_labels(tmp_path):
     del arrays["val_labels"]
     path = tmp_path / "noval.npz"
     np.savez(path, **arrays)
-    message = _data_error(load_npz, path)
+    message = _data_error(load_npz, path, class_names=MED_CLASSES)
     assert str(path) in message
     assert "val_labels" in message
 
@@ -263,16 +289,16 @@ def test_npz_length_mismatch(tmp_path):
     arrays["train_labels"] = arrays["train_labels"][:-1]
     path = tmp_path / "short.npz"
     np.savez(path, **arrays)
-    message = _data_error(load_npz, path)
+    message = _data_error(load_npz, path, class_names=MED_CLASSES)
     assert str(path) in message
     assert "train_labels" in message
 
 
 def test_npz_missing_and_unreadable(tmp_path):
     missing = tmp_path / "missing.npz"
-    assert str(missing) in _data_error(load_npz, missing)
+    assert str(missing) in _data_error(load_npz, missing, class_names=MED_CLASSES)
     garbage = _write(tmp_path / "garbage.npz", "this is not a zip file")
-    message = _data_error(load_npz, garbage)
+    message = _data_error(load_npz, garbage, class_names=MED_CLASSES)
     assert str(garbage) in message
 
 
@@ -294,7 +320,7 @@ def test_image_folder_loads_labels_and_shape(tmp_path):
     for i in range(2):
         _png(root / "malignant" / f"m{i}.png", (6, 4), 255)
     (root / "malignant" / "notes.txt").write_text("not an image")
-    ds = load_image_folder(root)
+    ds = load_image_folder(root, class_names=("benign", "malignant"))
     assert ds.modality is Modality.IMAGE
     assert ds.num_classes == 2
     assert ds.x.shape == (5, 1, 4, 6)  # (N, C, H, W); PIL sizes are (W, H)
@@ -309,7 +335,7 @@ def test_image_folder_rgb(tmp_path):
     root = tmp_path / "rgb"
     _png(root / "a" / "1.png", (3, 3), 0, mode="RGB")
     _png(root / "b" / "1.png", (3, 3), 255, mode="RGB")
-    ds = load_image_folder(root)
+    ds = load_image_folder(root, class_names=("a", "b"))
     assert ds.x.shape == (2, 3, 3, 3)
     np.testing.assert_allclose(ds.x[1, :, 0, 0], [1.0, 0.0, 0.0])
 
@@ -320,7 +346,7 @@ def test_image_folder_different_sizes_names_the_file(tmp_path):
     _png(root / "a" / "2.png", (6, 4), 0)
     odd = root / "b" / "odd.png"
     _png(odd, (7, 4), 0)
-    message = _data_error(load_image_folder, root)
+    message = _data_error(load_image_folder, root, class_names=("a", "b"))
     assert str(odd) in message
 
 
@@ -330,22 +356,21 @@ def test_image_folder_unreadable_image_names_the_file(tmp_path):
     broken = root / "b" / "broken.png"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not a png")
-    message = _data_error(load_image_folder, root)
+    message = _data_error(load_image_folder, root, class_names=("a", "b"))
     assert str(broken) in message
 
 
 def test_image_folder_structure_errors(tmp_path):
     missing = tmp_path / "missing"
-    assert str(missing) in _data_error(load_image_folder, missing)
-    one_class = tmp_path / "one"
-    _png(one_class / "only" / "1.png", (4, 4), 0)
-    message = _data_error(load_image_folder, one_class)
-    assert str(one_class) in message
-    assert "2 class" in message
+    assert str(missing) in _data_error(load_image_folder, missing, class_names=("a", "b"))
+    unknown = tmp_path / "unknown"
+    _png(unknown / "only" / "1.png", (4, 4), 0)
+    message = _data_error(load_image_folder, unknown, class_names=("a", "b"))
+    assert str(unknown) in message and "folder 'only'" in message and "class-names a, b" in message
     empty = tmp_path / "empty"
     (empty / "a").mkdir(parents=True)
     (empty / "b").mkdir()
-    assert str(empty) in _data_error(load_image_folder, empty)
+    assert str(empty) in _data_error(load_image_folder, empty, class_names=("a", "b"))
 
 
 # ---- shipped sets -------------------------------------------------------------------------
@@ -399,7 +424,7 @@ def test_synthetic_credit_is_deterministic():
 def test_credit_csv_round_trips_through_load_csv(tmp_path):
     path = tmp_path / "credit.csv"
     write_credit_csv(str(path), 400, seed=11)
-    loaded = load_csv(path, label_column="default", categorical_columns=("home", "purpose"))
+    loaded = load_csv(path, label_column="default", schema=credit_schema())
     direct = synthetic_credit(400, seed=11)
     np.testing.assert_array_equal(loaded.x, direct.x)
     np.testing.assert_array_equal(loaded.y, direct.y)
