@@ -1,4 +1,10 @@
-"""``fedshield audit PATH...``: verify ledgers and recompute spend; exit 0 only if all holds."""
+"""``fedshield audit PATH... --keys DIR``: verify ledgers against trusted keys, check site and
+server ledgers against each other, recompute every site's epsilon (unit: one record at one
+site, add/remove-one; at the budget's delta).
+
+Exit 0 only when VERIFIED; 1 on any fatal finding (FAILED or NOT PRIVATE); 2 when the inputs
+cannot be audited (no trusted keys, a path that does not exist).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +12,46 @@ import argparse
 import json
 from pathlib import Path
 
+from audit.crosscheck import cross_check
 from audit.recompute import ABS_TOL, REL_TOL, recompute
 from audit.report import AuditResult, plot, to_json, to_text
-from audit.verify import cross_check, discover, load
+from audit.trust import load_trust
+from audit.verify import discover, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="verify privacy ledgers and recompute every site's epsilon")
-    p.add_argument("paths", nargs="+", type=Path, help="run folders (with server/, sites/, keys/) or ledger files")
-    p.add_argument("--keys", type=Path, help="folder of public keys (<owner>.pub); default: <run folder>/keys")
+    p.add_argument("paths", nargs="+", type=Path, help="run folders (with server/, sites/) or ledger files")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        help="folder of trusted public keys (<owner>.pub) as provisioned to you, outside the audited folders",
+    )
+    p.add_argument(
+        "--trusted-fingerprints",
+        type=Path,
+        help="file of pinned key fingerprints: JSON {owner: fingerprint} or lines 'owner fingerprint'",
+    )
     p.add_argument("--json", action="store_true", help="print a machine-readable report")
     p.add_argument("--plot", type=Path, help="write a PNG of epsilon over time here")
-    p.add_argument("--abs-tol", type=float, default=ABS_TOL, help="absolute tolerance on epsilon claims")
-    p.add_argument("--rel-tol", type=float, default=REL_TOL, help="relative tolerance on epsilon claims")
+    p.add_argument("--abs-tol", type=float, default=ABS_TOL, help="absolute tolerance on under-claimed epsilon")
+    p.add_argument("--rel-tol", type=float, default=REL_TOL, help="relative tolerance on under-claimed epsilon")
 
 
 def run_audit(
-    paths: list[Path], keys_dir: Path | None, *, abs_tol: float = ABS_TOL, rel_tol: float = REL_TOL
+    paths: list[Path],
+    keys_dir: Path | None,
+    *,
+    fingerprints: Path | None = None,
+    abs_tol: float = ABS_TOL,
+    rel_tol: float = REL_TOL,
 ) -> AuditResult:
-    ledger_paths, found_keys = discover(paths, keys_dir)
-    ledgers = [load(p, found_keys) for p in ledger_paths]
-    problems = [p for lg in ledgers for p in lg.problems]
+    """Audit the ledgers under ``paths`` with the trusted keys in ``keys_dir`` and/or the
+    pinned ``fingerprints``; raises :class:`audit.trust.AuditInputError` on unusable inputs."""
+    found = discover(paths)
+    trust = load_trust(keys_dir, fingerprints, found.audited, found.key_search)
+    ledgers = [load(p, trust) for p in found.ledgers]
+    problems = [*found.problems, *(p for lg in ledgers for p in lg.problems)]
     spends = []
     for lg in ledgers:
         if not lg.is_server and lg.entries:
@@ -38,7 +63,9 @@ def run_audit(
 
 
 def main(args: argparse.Namespace) -> int:
-    result = run_audit(args.paths, args.keys, abs_tol=args.abs_tol, rel_tol=args.rel_tol)
+    result = run_audit(
+        args.paths, args.keys, fingerprints=args.trusted_fingerprints, abs_tol=args.abs_tol, rel_tol=args.rel_tol
+    )
     if args.plot:
         plot(result, args.plot)
     print(json.dumps(to_json(result), indent=2) if args.json else to_text(result))

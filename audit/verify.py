@@ -1,29 +1,37 @@
-"""Integrity of ledgers: signatures, hash chains, and agreement between site and server ledgers.
+"""Integrity of ledgers: which ledgers are under audit, and their signatures and hash chains.
 
 Nothing here trusts the server or a site: every check uses only the ledger files and the
-public keys the auditor received.
+public keys the auditor was given from outside the audited folders (:mod:`audit.trust`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from audit.trust import AuditInputError, TrustedKeys
 from common.crypto import keys
-from common.errors import FedshieldError
-from common.privacy.ledger import LedgerError, read_entries, verify_entries
+from common.privacy.ledger import HEAD_FILE, LEDGER_FILE, LedgerError, canonical, read_entries, verify_entries
 
 SERVER = "server"
+METRICS_FILE = "metrics.json"  # a run's summary; ``"dp": false`` marks a run without DP
+_RUN_PARTS = ("server", "sites", "keys", "archive")
+
+__all__ = ["AuditInputError", "Discovery", "LoadedLedger", "Problem", "discover", "load"]
 
 
 @dataclass(frozen=True)
 class Problem:
-    """One failed check. ``where`` names the ledger and entry."""
+    """One finding. ``where`` names the ledger and entry. ``fatal`` findings fail the audit;
+    ``not_private`` ones say that a release has no finite epsilon (no DP, or noise that
+    anyone can reproduce), which the report calls NOT PRIVATE."""
 
     where: str
     what: str
     fatal: bool = True
+    not_private: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
@@ -42,34 +50,99 @@ class LoadedLedger:
         return self.owner == SERVER
 
 
-class AuditInputError(FedshieldError):
-    """The auditor's paths do not point at ledgers or keys."""
+@dataclass
+class Discovery:
+    """What the auditor's paths hold: ledger files, the folders under audit (a trusted key
+    must come from outside them), where pinned keys may be looked up, and findings made
+    before any ledger is read (a run folder that trained without DP)."""
+
+    ledgers: list[Path]
+    audited: list[Path]
+    key_search: list[Path]
+    problems: list[Problem] = field(default_factory=list)
 
 
-def discover(paths: list[Path], keys_dir: Path | None) -> tuple[list[Path], Path]:
-    """Ledger files and the public-key folder from the auditor's paths (run folders or files)."""
-    ledgers: list[Path] = []
-    found_keys = keys_dir
+def _run_ledgers(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"server/{LEDGER_FILE}")) + sorted(folder.glob(f"sites/*/{LEDGER_FILE}"))
+
+
+def _metrics_say_no_dp(folder: Path) -> bool:
+    metrics = folder / METRICS_FILE
+    if not metrics.is_file():
+        return False
+    try:
+        return json.loads(metrics.read_text()).get("dp") is False
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        return False
+
+
+def _trained_without_dp(folder: Path) -> bool:
+    if _metrics_say_no_dp(folder):
+        return True
+    for ledger in sorted(folder.glob(f"sites/*/{LEDGER_FILE}")):
+        try:
+            entries = read_entries(ledger).entries
+        except LedgerError:
+            continue
+        if any(e.get("kind") == "train" and (e.get("mechanism") or {}).get("name") == "none" for e in entries):
+            return True
+    return False
+
+
+def _nested_runs(folder: Path) -> list[Problem]:
+    """Other runs kept inside a run folder (``--compare-no-dp`` writes ``no-dp/``): one that
+    trained without DP released the same records without any guarantee."""
+    problems = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and p.name not in _RUN_PARTS):
+        if not (_run_ledgers(sub) or (sub / METRICS_FILE).is_file()):
+            continue
+        if _trained_without_dp(sub):
+            problems.append(
+                Problem(
+                    str(sub),
+                    "non-private release: this run trained on the same records without DP "
+                    "(e.g. --compare-no-dp); its model and updates carry no finite epsilon",
+                    not_private=True,
+                )
+            )
+        else:
+            problems.append(Problem(str(sub), "another run's ledgers are kept here; audit it separately", fatal=False))
+    return problems
+
+
+def discover(paths: list[Path]) -> Discovery:
+    """Ledger files from the auditor's paths (run folders or ledger files)."""
+    found = Discovery([], [], [])
     for path in paths:
         if path.is_file():
-            ledgers.append(path)
+            found.ledgers.append(path)
+            found.audited.append(path.parent)
+            found.key_search += [path.parent, path.parent / "keys", path.parent.parent.parent / "keys"]
         elif path.is_dir():
-            ledgers += sorted(path.glob("server/ledger.jsonl")) + sorted(path.glob("sites/*/ledger.jsonl"))
-            if found_keys is None and (path / "keys").is_dir():
-                found_keys = path / "keys"
+            found.ledgers += _run_ledgers(path)
+            found.audited.append(path)
+            found.key_search += [path / "keys", path]
+            if _metrics_say_no_dp(path):
+                found.problems.append(
+                    Problem(
+                        str(path),
+                        "non-private release: this run trained without DP; no finite epsilon holds for its records",
+                        not_private=True,
+                    )
+                )
+            found.problems += _nested_runs(path)
         else:
             raise AuditInputError(f"{path}: no such file or folder")
-    if not ledgers:
+    if not found.ledgers and not any(p.fatal for p in found.problems):
         raise AuditInputError(
             f"no ledgers found under {', '.join(map(str, paths))} "
             "(expected server/ledger.jsonl and sites/*/ledger.jsonl)"
         )
-    if found_keys is None:
-        raise AuditInputError("no public keys: pass --keys DIR (the folder of *.pub files you received)")
-    return ledgers, found_keys
+    return found
 
 
-def load(path: Path, keys_dir: Path) -> LoadedLedger:
+def load(path: Path, trust: TrustedKeys) -> LoadedLedger:
+    """Read one ledger and check its chain and every signature against the owner's trusted key."""
     try:
         result = read_entries(path)
     except LedgerError as exc:
@@ -97,16 +170,21 @@ def load(path: Path, keys_dir: Path) -> LoadedLedger:
         ledger.problems.append(Problem(str(path), "entries name more than one owner in their 'ledger' field"))
         return ledger
     if not result.entries:
-        ledger.problems.append(Problem(str(path), "ledger is empty", fatal=False))
-        return ledger
-    key_path = keys_dir / f"{owner}{keys.PUBLIC_SUFFIX}"
-    try:
-        public_key = keys.load_public(key_path)
-    except keys.KeyFileError as exc:
-        ledger.problems.append(Problem(str(path), f"cannot check signatures: {exc}"))
-        public_key = None
+        # Named by where it lies, so that what references it finds it empty, not missing.
+        if path.parent.name == SERVER:
+            ledger.owner = SERVER
+        elif path.parent.parent.name == "sites":
+            ledger.owner = path.parent.name
+    public_key, why = trust.key_for(ledger.owner)
     if public_key is not None:
         ledger.key_id = keys.fingerprint(public_key)
+        ledger.problems += _check_head(path, result.entries, public_key)
+    if not result.entries:
+        # Ledgers are created by their first entry: an empty one lost what it held.
+        ledger.problems.append(Problem(str(path), "ledger is empty: whatever it recorded is lost"))
+        return ledger
+    if public_key is None:
+        ledger.problems.append(Problem(str(path), f"cannot check signatures: {why}"))
     for text in verify_entries(path, result.entries, public_key):
         where, _, what = text.partition(": line ")
         number, _, rest = what.partition(": ")
@@ -114,90 +192,29 @@ def load(path: Path, keys_dir: Path) -> LoadedLedger:
     return ledger
 
 
-def cross_check(ledgers: list[LoadedLedger]) -> list[Problem]:
-    """Every update the server aggregated has a matching site entry with the same hash, and
-    every update a site released appears in the server ledger (or the server recorded a drop)."""
-    problems: list[Problem] = []
-    servers = [lg for lg in ledgers if lg.is_server]
-    sites = {lg.owner: lg for lg in ledgers if not lg.is_server}
-    if not servers:
+def _check_head(path: Path, entries: list[dict[str, Any]], public_key: Any) -> list[Problem]:
+    """The owner's signed checkpoint of its chain head (``ledger.head``), when there is one:
+    a ledger holding fewer entries than it says were written was cut."""
+    head_path = path.with_name(HEAD_FILE)
+    if not head_path.is_file():
+        return []
+    try:
+        head = json.loads(head_path.read_bytes())
+        body = {k: head[k] for k in ("ledger", "seq", "hash")}
+        signed = keys.verify(public_key, canonical(body), str(head["sig"]))
+        seq = int(head["seq"])
+    except (ValueError, KeyError, TypeError):
+        return [Problem(str(head_path), "head checkpoint unreadable")]
+    if not signed:
+        return [Problem(str(head_path), "head checkpoint not signed by the trusted key")]
+    if seq > len(entries) - 1:
         return [
-            Problem("(audit)", "no server ledger given: site updates cannot be matched to aggregation", fatal=False)
-        ]
-    server = servers[0]
-    rounds = {(e["job"], e["round"]): e for e in server.entries if e.get("kind") == "round"}
-    server_jobs = {e["job"] for e in server.entries if e.get("kind") == "job"}
-    site_updates: dict[tuple[str, str, int], tuple[str, int]] = {}
-    for site in sites.values():
-        for number, e in enumerate(site.entries, start=1):
-            if e.get("kind") == "train":
-                site_updates[(site.owner, e["job"], e["round"])] = (e["update_sha256"], number)
-
-    for number, e in enumerate(server.entries, start=1):
-        if e.get("kind") != "round":
-            continue
-        for item in [*e.get("updated", []), *e.get("rejected", [])]:
-            where = f"{server.path}: line {number} (seq {e.get('seq')})"
-            if "reason" in item:
-                problems.append(
-                    Problem(
-                        where,
-                        f"rejected the update from {item['site']} in job {e['job']} round "
-                        f"{e['round']}: {item['reason']}",
-                        fatal=False,
-                    )
-                )
-            if item["site"] not in sites:
-                problems.append(
-                    Problem(
-                        where,
-                        f"aggregated an update from {item['site']} in job {e['job']} round "
-                        f"{e['round']}, but that site's ledger was not given",
-                        fatal=False,
-                    )
-                )
-                continue
-            match = site_updates.get((item["site"], e["job"], e["round"]))
-            if match is None:
-                problems.append(
-                    Problem(
-                        where,
-                        f"aggregated an update from {item['site']} in job {e['job']} round "
-                        f"{e['round']} that has no entry in {item['site']}'s ledger",
-                    )
-                )
-            elif match[0] != item["update_sha256"]:
-                problems.append(
-                    Problem(
-                        where,
-                        f"update from {item['site']} in job {e['job']} round {e['round']} "
-                        f"has hash {item['update_sha256'][:12]}… but the site recorded "
-                        f"{match[0][:12]}… (line {match[1]} of its ledger)",
-                    )
-                )
-    for (site, job, rnd), (digest, number) in site_updates.items():
-        if job not in server_jobs:
-            continue  # another server's job: not covered by the ledgers given
-        where = f"{sites[site].path}: line {number}"
-        entry = rounds.get((job, rnd))
-        if entry is None:
-            problems.append(
-                Problem(where, f"released an update in job {job} round {rnd}, but the server ledger has no such round")
+            Problem(
+                str(path),
+                f"the signed head says {seq + 1} entries were written but only {len(entries)} are here: "
+                "entries were cut or the file emptied",
             )
-            continue
-        received = [*entry.get("updated", []), *entry.get("rejected", [])]
-        if not any(i["site"] == site and i["update_sha256"] == digest for i in received):
-            if entry.get("dropped"):
-                problems.append(
-                    Problem(
-                        where,
-                        f"update of job {job} round {rnd} was not aggregated "
-                        "(the server recorded a dropped reply); its spend still counts",
-                        fatal=False,
-                    )
-                )
-            else:
-                problems.append(
-                    Problem(where, f"released an update in job {job} round {rnd} that the server ledger does not list")
-                )
-    return problems
+        ]
+    if seq >= 0 and entries[seq].get("hash") != head["hash"]:
+        return [Problem(str(path), f"entry seq {seq} differs from the signed head: the ledger was rewritten")]
+    return []

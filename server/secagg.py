@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from common import records as rk
 from common.config import RunConfig
-from server.tracking import SiteTracking
+from server.tracking import SiteTracking, parse_claim
 
 REPORT = "report."
 
@@ -115,6 +115,7 @@ class TrackedFedAvg(LegacyFedAvg):
                     "update_sha256": str(m[REPORT + rk.UPDATE_SHA256]),
                     "num_examples": res.num_examples,
                     "masked": True,
+                    "claim": parse_claim(m.get(REPORT + rk.CLAIM)),
                 }
             )
             contributing.append((proxy, res))

@@ -10,10 +10,12 @@ Once every site has refused, no more rounds are sent and the job ends cleanly.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -43,6 +45,20 @@ class RoundLog:
     # sites asked, and the updates received (with LoRA, adapters and head only).
     bytes_to_sites: int = 0
     bytes_from_sites: int = 0
+
+
+def parse_claim(raw: object) -> dict[str, Any] | None:
+    """The site's claim for a round (``common.records.CLAIM``: its mechanism, noise source,
+    epsilon and delta, data source and ledger seq), as the site reported it, for the server
+    ledger; ``None`` when the site sent none (an older client). Something unreadable is kept
+    as ``{"unreadable": ...}`` so that the audit sees it does not match."""
+    if raw is None:
+        return None
+    try:
+        claim = json.loads(str(raw))
+    except json.JSONDecodeError:
+        return {"unreadable": str(raw)}
+    return claim if isinstance(claim, dict) else {"unreadable": str(raw)}
 
 
 def arrays_hash(arrays: ArrayRecord) -> str:
@@ -181,10 +197,17 @@ class SiteTracking(Strategy):
                 self.exhausted.add(node)
                 refused.append({"site": str(refusal[rk.SITE_NAME]), "node": node, "reason": str(refusal[rk.REASON])})
                 continue
-            site = str(msg.content[rk.SITE_REPORT][rk.SITE_NAME]) if rk.SITE_REPORT in msg.content else str(site_id)
+            report = msg.content[rk.SITE_REPORT] if rk.SITE_REPORT in msg.content else None
+            site = str(report[rk.SITE_NAME]) if report is not None else str(site_id)
             log.bytes_from_sites += arrays_nbytes(msg.content[rk.ARRAYS])
-            # The hash of the update as received, computed here (not taken from the site).
-            item = {"site": site, "node": node, "update_sha256": arrays_hash(msg.content[rk.ARRAYS])}
+            # The hash of the update as received, computed here (not taken from the site), and
+            # the site's claim as it reported it (the audit matches it with the site's ledger).
+            item = {
+                "site": site,
+                "node": node,
+                "update_sha256": arrays_hash(msg.content[rk.ARRAYS]),
+                "claim": parse_claim(report.get(rk.CLAIM) if report is not None else None),
+            }
             reason = None
             if self._global is not None:
                 reason = validate_update(msg.content[rk.ARRAYS], self._global, max_update_norm=self.max_update_norm)

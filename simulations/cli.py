@@ -138,7 +138,7 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulations.harness import check_inputs, simulate
+    from simulations.harness import check_inputs, simulate, trusted_keys_path
 
     cfg = resolve_config(args)
     check_inputs(cfg)  # a bad file or value fails here, before anything is announced or started
@@ -153,10 +153,18 @@ def _simulate(args: argparse.Namespace) -> int:
     baseline = None
     if args.compare_no_dp and cfg.dp:
         print("fedshield: the same run without DP, for comparison", file=sys.stderr, flush=True)
-        baseline = simulate(cfg.replace(dp=False, out=str(Path(cfg.out) / "no-dp")))
+        baseline_cfg = cfg.replace(dp=False, out=str(Path(cfg.out) / "no-dp"))
+        baseline = simulate(baseline_cfg)
     print(format_summary(metrics, baseline))
     print(f"results: {Path(cfg.out) / 'metrics.json'}, plot: {Path(cfg.out) / 'training.png'}")
-    print(f"ledgers and public keys: {cfg.state_path}; verify with: fedshield audit {cfg.state_path}")
+    trusted = trusted_keys_path(cfg)
+    print(f"ledgers: {cfg.state_path}; public keys provisioned for the auditor: {trusted}")
+    print(f"verify with: fedshield audit {cfg.state_path} --keys {trusted}")
+    if baseline is not None:
+        print(
+            f"the run without DP released the same records with no guarantee ({baseline_cfg.out}): "
+            f"the audit of {cfg.state_path} says NOT PRIVATE"
+        )
     return 0
 
 

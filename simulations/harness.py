@@ -48,6 +48,52 @@ def check_inputs(cfg: RunConfig) -> None:
 
 
 STATE_PARTS = ("keys", "sites", "server")
+TRUSTED_KEYS_SUFFIX = ".trusted-keys"
+FINGERPRINTS_FILE = "fingerprints.json"
+
+
+def trusted_keys_for(state: Path) -> Path:
+    """Where the harness provisions the public keys of the parties keeping their state in
+    ``state``, for the auditor: a sibling (``<state>.trusted-keys/``), outside every folder the
+    audit reads."""
+    return state.with_name(state.name + TRUSTED_KEYS_SUFFIX)
+
+
+def trusted_keys_path(cfg: RunConfig) -> Path:
+    return trusted_keys_for(Path(cfg.state_path))
+
+
+def provision_trusted_keys(
+    state: Path, dest: Path, *, fresh: bool, progress: Callable[[str], None] | None = None
+) -> Path:
+    """Copy the public keys the parties exported to ``state/keys/`` into ``dest``, with a
+    ``fingerprints.json`` of them, as a deployment hands keys to its auditor.
+
+    ``fresh`` (a new federation, new keys): ``dest`` is cleared first. Otherwise the keys
+    already there stay pinned (trust on first use): a party whose key in ``state`` changed is
+    named, and its ledger will fail the audit against the pinned key.
+    """
+    from common.crypto import keys
+
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    dest.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        for old in dest.glob(f"*{keys.PUBLIC_SUFFIX}"):
+            old.unlink()
+    pins: dict[str, str] = {}
+    for source in sorted((state / "keys").glob(f"*{keys.PUBLIC_SUFFIX}")):
+        target = dest / source.name
+        key = keys.load_public(source)
+        if target.exists():
+            pinned = keys.load_public(target)
+            if keys.fingerprint(pinned) != keys.fingerprint(key):
+                say(f"warning: {source} differs from the key pinned in {target}; the pinned key stays")
+        else:
+            keys.write_public(target, key)
+    for target in sorted(dest.glob(f"*{keys.PUBLIC_SUFFIX}")):
+        pins[target.name.removesuffix(keys.PUBLIC_SUFFIX)] = keys.fingerprint(keys.load_public(target))
+    (dest / FINGERPRINTS_FILE).write_text(json.dumps(pins, indent=2, sort_keys=True) + "\n")
+    return dest
 
 
 def archive_previous_state(out: Path, *, progress: Callable[[str], None] | None = None) -> Path | None:
@@ -91,6 +137,8 @@ def simulate(
 ) -> dict[str, Any]:
     """Run ``cfg`` with ``cfg.sites`` simulated sites; return the metrics written to ``cfg.out``.
 
+    The parties' public keys are provisioned to :func:`trusted_keys_path` for the auditor.
+
     ``site_cfg`` are the sites' own settings (budgets, planned rounds, noise) when they differ
     from the server's, as in a deployment where each site configures itself; default ``cfg``.
     """
@@ -125,6 +173,9 @@ def simulate(
         flwr_logger.setLevel(level)
         for handler in flwr_logger.handlers:
             handler.removeFilter(notice_filter)
+        provision_trusted_keys(
+            Path(cfg.state_path), trusted_keys_path(cfg), fresh=not cfg.state_dir and not cfg.resume, progress=progress
+        )
     if not metrics_path.exists():
         raise SimulationFailed(f"the simulation ended without writing {metrics_path}; see the log above")
     metrics = json.loads(metrics_path.read_text())

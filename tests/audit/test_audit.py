@@ -1,69 +1,28 @@
-"""The auditor's recomputation and cross-checks, on ledgers written by the real site and
-server ledger code."""
+"""The auditor's recomputation: pessimistic PLD over reserve/train/evaluate events, claims,
+budgets and delta, on hand-built ledgers in the site-ledger format.
+
+Unit of privacy: one record at one site (add/remove-one); epsilon at the budget's delta."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from audit_ledgers import Site, provision, server
 
 from audit.cli import run_audit
-from client.site_ledger import SiteLedger, simulation_paths
+from audit.report import AuditResult
 from common.privacy.accounting import DpSgdEvent, epsilon
-from common.privacy.ledger import canonical, read_entries
-from server.server_ledger import ServerLedger
-from server.server_ledger import simulation_paths as server_paths
 
-ROOT = Path(__file__).resolve().parents[2]
+JOB = "job-1"
 
 
-def _site_history(
-    state: Path,
-    site: str,
-    events: list[DpSgdEvent],
-    *,
-    delta: float,
-    budget: float,
-    job: str = "job-1",
-    claim_scale: float = 1.0,
-) -> list[dict]:
-    ledger = SiteLedger(simulation_paths(state, site), site)
-    written = []
-    for r, event in enumerate(events, start=1):
-        claim = epsilon(events[:r], delta=delta) * claim_scale
-        written.append(
-            ledger.record_training(
-                job=job,
-                server_round=r,
-                dataset="d" * 64,
-                records=100,
-                budget={"epsilon": budget, "delta": delta},
-                event=event,
-                max_grad_norm=1.0,
-                delta=delta,
-                epsilon=claim,
-                update_sha256=f"{site}-{job}-{r}".ljust(64, "0"),
-            )
-        )
-    return written
+def _fatal(result: AuditResult) -> list[str]:
+    return [str(p) for p in result.problems if p.fatal]
 
 
-def _server(state: Path, job: str, rounds: dict[int, list[tuple[str, str]]]) -> None:
-    ledger = ServerLedger(server_paths(state))
-    ledger.record_job(job=job, settings={})
-    for r, items in rounds.items():
-        ledger.record_round(
-            job=job,
-            server_round=r,
-            asked=[1, 2],
-            refused=[],
-            dropped=[],
-            aggregate_sha256="a" * 64,
-            updated=[{"site": s, "node": 1, "update_sha256": h, "num_examples": 100} for s, h in items],
-        )
+def _audit(state: Path, tmp_path: Path) -> AuditResult:
+    return run_audit([state], provision(state, tmp_path / "trusted"))
 
 
 @pytest.mark.parametrize(
@@ -79,84 +38,121 @@ def _server(state: Path, job: str, rounds: dict[int, list[tuple[str, str]]]) -> 
         (0.6, 0.02, 200, 1e-5),
     ],
 )
-def test_recomputed_epsilon_matches_claims_on_a_grid(
+def test_honest_prv_claims_pass_and_bound_the_pessimistic_pld(
     tmp_path: Path, sigma: float, q: float, steps: int, delta: float
 ) -> None:
-    events = [DpSgdEvent(sigma, q, steps)] * 3
-    _site_history(tmp_path, "site-0", events, delta=delta, budget=1e6)
-    result = run_audit([tmp_path], None)
-    assert [p for p in result.problems if p.fatal] == []
+    state = tmp_path / "run"
+    site = Site(state, "site-0", delta=delta, budget=1e6)
+    trains = [site.round(JOB, r, DpSgdEvent(sigma, q, steps)) for r in (1, 2, 3)]
+    server(state, JOB, {r: [t] for r, t in zip((1, 2, 3), trains, strict=True)})
+    result = _audit(state, tmp_path)
+    assert _fatal(result) == [] and result.verdict == "VERIFIED"
     spend = result.spends[0]
+    assert len(spend.points) == 6  # reserve and train per round; the train is not a second spend
     for point in spend.points:
+        # PRV (the site) is an upper bound a little above the pessimistic PLD (ours); RDP is looser.
         assert point.claimed == pytest.approx(point.pld, rel=0.03, abs=0.02)
-        assert point.rdp >= point.pld - 0.02
+        assert point.rdp >= point.pld - 1e-9
+    assert spend.points[-1].pld == pytest.approx(spend.points[-2].pld)
 
 
-def test_inflated_or_deflated_claims_are_flagged(tmp_path: Path) -> None:
-    _site_history(tmp_path, "site-0", [DpSgdEvent(1.0, 0.1, 50)] * 2, delta=1e-5, budget=100, claim_scale=0.7)
-    result = run_audit([tmp_path], None)
-    assert not result.ok
-    assert any(
-        "claimed epsilon" in p.what and "independent PLD" in p.what and "line 1" in p.where for p in result.problems
-    )
+def test_reserve_train_and_gaussian_evaluation_compose_in_ledger_order(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    site = Site(state, "site-0", budget=20)
+    t1 = site.round(JOB, 1, DpSgdEvent(2.0, 0.5, 4))
+    site.evaluate(JOB, 1, 5.0)  # a Gaussian release of evaluation metrics: counted
+    site.evaluate(JOB, 1, None)  # declared public by the site: noted, not counted
+    t2 = site.round(JOB, 2, DpSgdEvent(2.0, 0.5, 4))
+    site.reserve(JOB, 3, DpSgdEvent(2.0, 0.5, 4))  # a crash after the reserve: still spent
+    server(state, JOB, {1: [t1], 2: [t2]})
+    result = _audit(state, tmp_path)
+    assert _fatal(result) == [], _fatal(result)
+    notes = [p.what for p in result.problems if not p.fatal]
+    assert any("declared its validation records public" in n for n in notes)
+    assert any("reserved a DP-SGD step for job job-1 round 3" in n and "counted as spent" in n for n in notes)
+    expected = epsilon([DpSgdEvent(2.0, 0.5, 4), DpSgdEvent(5.0, 1.0, 1)] + [DpSgdEvent(2.0, 0.5, 4)] * 2, delta=1e-5)
+    spend = result.spends[0]
+    assert spend.spent_pld == pytest.approx(expected, rel=0.03, abs=0.02) and spend.spent_pld <= expected
+    assert spend.trained == 2 and spend.public_evaluations == 1
 
 
-def test_overspend_is_flagged(tmp_path: Path) -> None:
-    _site_history(tmp_path, "site-0", [DpSgdEvent(1.0, 0.1, 50)] * 3, delta=1e-5, budget=1.0)
-    result = run_audit([tmp_path], None)
-    assert any("budget exceeded" in p.what for p in result.problems)
+def test_recomputed_epsilon_above_the_budget_fails_without_a_margin(tmp_path: Path) -> None:
+    # The site claims exactly its budget, 0.015 below the recomputed PLD: within the claim
+    # tolerance (so not an under-claim), inside the old audit's upward margin, yet overspent.
+    event = DpSgdEvent(2.0, 0.5, 4)
+    probe = Site(tmp_path / "probe", "site-0")
+    probe.round(JOB, 1, event)
+    pld = _audit(tmp_path / "probe", tmp_path / "p").spends[0].spent_pld
+    state = tmp_path / "run"
+    site = Site(state, "site-0", budget=round(pld - 0.015, 4))
+    site.claim_scale = site.budget / epsilon([event], delta=site.delta)
+    server(state, JOB, {1: [site.round(JOB, 1, event)]})
+    problems = _fatal(_audit(state, tmp_path))
+    assert any("budget exceeded: recomputed epsilon" in p and "pessimistic PLD" in p for p in problems), problems
+    assert not any("under-claim" in p for p in problems)
 
 
-def test_site_and_server_ledgers_must_agree(tmp_path: Path) -> None:
-    events = [DpSgdEvent(2.0, 0.5, 4)] * 2
-    w0 = _site_history(tmp_path, "site-0", events, delta=1e-5, budget=10)
-    w1 = _site_history(tmp_path, "site-1", events, delta=1e-5, budget=10)
-    _server(
-        tmp_path,
-        "job-1",
-        {
-            1: [("site-0", w0[0]["update_sha256"]), ("site-1", w1[0]["update_sha256"])],
-            2: [("site-0", w0[1]["update_sha256"]), ("site-1", "f" * 64)],
-        },
-    )
-    result = run_audit([tmp_path], None)
-    mismatch = [p for p in result.problems if p.fatal]
-    assert len(mismatch) == 2
-    assert any("server" in p.where and "site-1 in job job-1 round 2 has hash ffffffffffff" in p.what for p in mismatch)
-    assert any("site-1" in p.where and "line 2" in p.where and "does not list" in p.what for p in mismatch)
+def test_under_claims_fail_and_over_claims_pass(tmp_path: Path) -> None:
+    for scale, fails in ((0.7, True), (1.5, False)):
+        state = tmp_path / f"run-{scale}"
+        site = Site(state, "site-0", budget=100, claim_scale=scale)
+        server(state, JOB, {1: [site.round(JOB, 1, DpSgdEvent(1.0, 0.1, 50))]})
+        problems = _fatal(_audit(state, tmp_path / f"t-{scale}"))
+        assert any("under-claim" in p and "line 1 (seq 0)" in p for p in problems) is fails, problems
 
 
-def test_server_entry_without_site_entry_is_flagged(tmp_path: Path) -> None:
-    w0 = _site_history(tmp_path, "site-0", [DpSgdEvent(2.0, 0.5, 4)], delta=1e-5, budget=10)
-    _server(tmp_path, "job-1", {1: [("site-0", w0[0]["update_sha256"])], 2: [("site-0", "e" * 64)]})
-    problems = [p for p in run_audit([tmp_path], None).problems if p.fatal]
-    assert len(problems) == 1 and "has no entry in site-0's ledger" in problems[0].what
-    assert "line 3 (seq 2)" in problems[0].where
+def test_delta_outside_zero_to_one_over_n_is_fatal(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    site = Site(state, "site-0", records=100, delta=0.05, budget=1e3)  # 1/n = 0.01
+    server(state, JOB, {1: [site.round(JOB, 1, DpSgdEvent(2.0, 0.5, 4))]})
+    problems = _fatal(_audit(state, tmp_path))
+    assert any("delta 0.05 is outside (0, 1/n] = (0, 0.01] for n = 100 records" in p for p in problems), problems
 
 
-def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "audit", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+def test_reproducible_noise_is_not_private(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    site = Site(state, "site-0", noise="insecure-reproducible")
+    server(state, JOB, {1: [site.round(JOB, 1, DpSgdEvent(2.0, 0.5, 4))]})
+    result = _audit(state, tmp_path)
+    assert result.verdict == "NOT PRIVATE" and not result.ok
+    assert any(p.not_private and "insecure-reproducible" in p.what for p in result.problems)
+    assert result.spends[0].spent_pld == float("inf")
 
 
-def test_cli_exit_codes_json_and_message_naming_the_entry(tmp_path: Path) -> None:
-    w0 = _site_history(tmp_path, "site-0", [DpSgdEvent(2.0, 0.5, 4)] * 2, delta=1e-5, budget=10)
-    _server(tmp_path, "job-1", {1: [("site-0", w0[0]["update_sha256"])], 2: [("site-0", w0[1]["update_sha256"])]})
-    ok = _run_cli(str(tmp_path), "--json", "--plot", str(tmp_path / "audit.png"))
-    assert ok.returncode == 0, ok.stdout + ok.stderr
-    report = json.loads(ok.stdout)
-    assert report["ok"] and report["sites"][0]["site"] == "site-0" and report["sites"][0]["within_budget"]
-    assert (tmp_path / "audit.png").read_bytes().startswith(b"\x89PNG")
+def test_a_release_without_dp_is_not_private(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    site = Site(state, "site-0")
+    t1 = site.round(JOB, 1, DpSgdEvent(2.0, 0.5, 4))
+    t2 = site.train(JOB, 2, None, "e" * 64)
+    server(state, JOB, {1: [t1], 2: [t2]})
+    result = _audit(state, tmp_path)
+    assert result.verdict == "NOT PRIVATE"
+    assert any("non-private release" in p.what and "line 3 (seq 2)" in p.where for p in result.problems if p.fatal)
 
-    ledger = tmp_path / "sites" / "site-0" / "ledger.jsonl"
-    entries = read_entries(ledger).entries
-    entries[1]["mechanism"]["noise_multiplier"] = 20.0  # pretend more noise was added
-    ledger.write_bytes(b"".join(canonical(e) + b"\n" for e in entries))
-    bad = _run_cli(str(tmp_path))
-    assert bad.returncode == 1
-    assert f"{ledger}: line 2 (seq 1): hash mismatch" in bad.stdout
-    assert "FAILED" in bad.stdout
 
-    missing = _run_cli(str(tmp_path / "nowhere"))
-    assert missing.returncode == 2 and "no such file or folder" in missing.stderr and "Traceback" not in missing.stderr
+def test_a_raised_budget_fails_and_changed_data_is_noted(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    site = Site(state, "site-0", budget=5)
+    t1 = site.round(JOB, 1, DpSgdEvent(2.0, 0.5, 4))
+    site.budget, site.dataset = 50, "f" * 64
+    t2 = site.round(JOB, 2, DpSgdEvent(2.0, 0.5, 4))
+    server(state, JOB, {1: [t1], 2: [t2]})
+    result = _audit(state, tmp_path)
+    assert any("can only be lowered, never raised" in p for p in _fatal(result))
+    assert any("data of breast_cancer changed" in p.what and "budget continues" in p.what for p in result.problems)
+    # One source, one composition: the second fingerprint did not reset the spend.
+    assert len(result.spends) == 1 and len(result.spends[0].datasets) == 2
+    assert result.spends[0].spent_pld == pytest.approx(epsilon([DpSgdEvent(2.0, 0.5, 4)] * 2, delta=1e-5), abs=0.02)
+
+
+def test_a_train_entry_must_complete_the_reservation_it_names(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    site = Site(state, "site-0")
+    reserved = site.reserve(JOB, 1, DpSgdEvent(2.0, 0.5, 4))
+    t1 = site.train(JOB, 1, reserved, "1" * 64)
+    # A second update released under the same reservation: counted, and fatal.
+    t2 = site.train(JOB, 2, reserved, "2" * 64)
+    server(state, JOB, {1: [t1], 2: [t2]})
+    result = _audit(state, tmp_path)
+    assert any("a second release under reservation seq 0" in p for p in _fatal(result))
+    assert result.spends[0].spent_pld == pytest.approx(epsilon([DpSgdEvent(2.0, 0.5, 4)] * 2, delta=1e-5), abs=0.02)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from audit.cli import run_audit
 from common.privacy.ledger import read_entries
-from simulations.harness import simulate
+from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
 QUIET = {"progress": lambda _: None}
@@ -39,7 +39,7 @@ def test_small_budget_site_stops_partway_while_others_continue(tmp_path: Path) -
     assert m["final"]["sites"]["1"]["epsilon"] <= 2.0 and m["final"]["sites"]["1"]["refusals"] == 1
     kinds = [e["kind"] for e in _site_entries(tmp_path, "site-1")]
     assert kinds == ["train", "train", "refusal"]
-    audit = run_audit([tmp_path], None)
+    audit = run_audit([tmp_path], trusted_keys_for(tmp_path))
     assert audit.ok, [str(p) for p in audit.problems]
 
 
@@ -66,6 +66,6 @@ def test_more_rounds_than_planned_get_refusals_then_a_second_job_continues_the_s
         entries = _site_entries(state, f"site-{site}")
         assert [e["kind"] for e in entries] == ["train", "train", "refusal", "refusal"]
         assert len({e["job"] for e in entries}) == 2 and len({e["dataset"] for e in entries}) == 1
-    audit = run_audit([state], None)
+    audit = run_audit([state], trusted_keys_for(state))
     assert audit.ok, [str(p) for p in audit.problems]
     assert all(s.spent_claimed <= 1.0 and len(s.jobs) == 2 for s in audit.spends)

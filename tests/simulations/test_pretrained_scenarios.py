@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from audit.cli import run_audit
-from simulations.harness import simulate
+from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
 
@@ -19,7 +19,7 @@ def _run(cfg) -> dict:
 
 
 def _audited(out: Path) -> None:
-    result = run_audit([out], None)
+    result = run_audit([out], trusted_keys_for(out))
     assert result.ok, [f"{p.where}: {p.what}" for p in result.problems]
     assert result.spends, "the audit found nothing to recompute"
 

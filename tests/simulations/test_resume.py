@@ -10,7 +10,7 @@ import pytest
 from audit.cli import run_audit
 from common.privacy.accounting import DpSgdEvent, epsilon
 from common.privacy.ledger import read_entries
-from simulations.harness import simulate
+from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
 
@@ -45,5 +45,5 @@ def test_restarted_server_resumes_after_the_last_completed_round(tmp_path: Path)
         event = DpSgdEvent(mech["noise_multiplier"], mech["sample_rate"], mech["steps"])
         assert m["final"]["sites"][site]["epsilon"] == pytest.approx(epsilon([event] * 4, delta=cfg.delta))
         assert m["final"]["sites"][site]["epsilon"] <= cfg.epsilon
-    audit = run_audit([tmp_path], None)
+    audit = run_audit([tmp_path], trusted_keys_for(tmp_path))
     assert audit.ok, [str(p) for p in audit.problems]

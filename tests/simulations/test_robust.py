@@ -10,7 +10,7 @@ import pytest
 
 from audit.cli import run_audit
 from common.privacy.ledger import read_entries
-from simulations.harness import simulate
+from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
 
@@ -31,7 +31,7 @@ def test_robust_aggregation_survives_a_sign_flipping_site(tmp_path: Path, honest
     assert attacked_fedavg < honest - 0.15, (honest, attacked_fedavg)
     assert attacked_median >= honest - 0.05, (honest, attacked_median)
     # The tampering between the site and the server is visible to the auditor.
-    audit = run_audit([tmp_path / "median"], None)
+    audit = run_audit([tmp_path / "median"], trusted_keys_for(tmp_path / "median"))
     assert not audit.ok
     assert any("site-2" in p.what and "but the site recorded" in p.what for p in audit.problems if p.fatal)
 

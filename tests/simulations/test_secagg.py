@@ -12,7 +12,7 @@ import torch
 
 from audit.cli import run_audit
 from common.privacy.ledger import read_entries
-from simulations.harness import simulate
+from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
 QUANTIZATION = 2e-3  # clipping range 8, 2**22 levels, max weight 1000: observed errors ~1e-4
@@ -49,7 +49,7 @@ def test_server_learns_only_the_sum_which_is_the_weighted_average(tmp_path: Path
         np.testing.assert_allclose(got, want, atol=QUANTIZATION)
     for entry in _server_rounds(tmp_path):  # the server recorded masked updates, never hashed one itself
         assert entry["secure_aggregation"] and all(u["masked"] for u in entry["updated"])
-    audit = run_audit([tmp_path], None)
+    audit = run_audit([tmp_path], trusted_keys_for(tmp_path))
     assert audit.ok, [str(p) for p in audit.problems]
 
 
@@ -66,7 +66,7 @@ def test_a_site_dropping_mid_round_is_tolerated_up_to_the_threshold(tmp_path: Pa
         np.testing.assert_allclose(got, want, atol=QUANTIZATION)
     site3 = read_entries(tmp_path / "one" / "sites" / "site-3" / "ledger.jsonl").entries
     assert [e["round"] for e in site3] == [1]  # it dropped before training: nothing spent in round 2
-    assert run_audit([tmp_path / "one"], None).ok
+    assert run_audit([tmp_path / "one"], trusted_keys_for(tmp_path / "one")).ok
 
     m2 = _run(tmp_path / "two", attack="site-2:drop=2,site-3:drop=2")  # two drops: below the threshold
     assert [sum(s["trained"] for s in r["sites"].values()) for r in m2["rounds"]] == [4, 0]
@@ -74,5 +74,6 @@ def test_a_site_dropping_mid_round_is_tolerated_up_to_the_threshold(tmp_path: Pa
     assert m2["rounds"][1]["accuracy"] == pytest.approx(m2["rounds"][0]["accuracy"])  # the model is unchanged
     halted = _server_rounds(tmp_path / "two")[-1]
     assert (halted["round"], halted["aggregate_sha256"], halted["updated"]) == (2, None, [])
-    audit = run_audit([tmp_path / "two"], None)  # sites 0 and 1 spent in round 2; the ledger says why unused
+    # Sites 0 and 1 spent in round 2; the ledger says why their updates were not used.
+    audit = run_audit([tmp_path / "two"], trusted_keys_for(tmp_path / "two"))
     assert audit.ok and any("was not aggregated" in p.what for p in audit.problems if not p.fatal)

@@ -11,7 +11,7 @@ import torch
 from common.federation import model_spec
 from common.models import build_model
 from common.privacy.accounting import DpSgdEvent, epsilon
-from simulations.harness import simulate
+from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
 
@@ -66,7 +66,7 @@ def test_simulation_output_passes_the_audit(run: tuple[Path, dict]) -> None:
     out, _ = run
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "audit", str(out)],
+        [sys.executable, "-m", "simulations.cli", "audit", str(out), "--keys", str(trusted_keys_for(out))],
         cwd=root,
         capture_output=True,
         text=True,
