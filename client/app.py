@@ -1,16 +1,24 @@
 """The ClientApp each site runs.
 
-train: read the site's spend on its dataset back from its ledger and decide (the veto) whether
-the planned round fits its budget, before touching the records; if it does, run one round of
-local DP-SGD, write the signed ledger entry (fsync-ed), and only then reply with the new
-weights and the cumulative (epsilon, delta) of everything this site has released on its data.
-A round already answered is answered again with the same update, never retrained.
-evaluate: score the global model on the site's own held-out validation records.
+train: under the site's ledger lock, read the site's spend on its data source back from its
+ledger and decide (the veto) whether the planned round fits the site's own budget, before
+touching the records; if it does, reserve the round's spend in the ledger (fsync-ed), run one
+round of local DP-SGD with secret noise, write the signed ledger entry with the update's hash,
+and only then reply with the new weights and the site's claim (mechanism, noise source,
+cumulative epsilon at the site's delta). A round already answered is answered again with the
+same update, never retrained.
+evaluate: only what the site's policy allows: nothing (the default), a Gaussian-noised count
+charged to the same budget, or exact metrics the site declared public.
+
+The site's policy (:mod:`common.privacy.policy`) is the site's: the server's run config can
+ask for less (a smaller epsilon for the job), never for more.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +27,28 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.budget import Budget, decide
-from client.dp_trainer import LocalPlan, PrivacyPlan, evaluate, sampling, train_local
+from client.dp_trainer import LocalPlan, PrivacyPlan, sampling, train_local
 from client.secagg import make_legacy_fit_adapter, secagg_when_asked
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
 from common import records as rk
 from common.config import RunConfig, Strategy
 from common.crypto import keys
-from common.errors import ConfigError
+from common.errors import ConfigError, FedshieldError
 from common.federation import SiteData, local_site_data, model_spec, site_data
-from common.hashing import arrays_sha256, dataset_fingerprint
+from common.hashing import arrays_sha256, salted_fingerprint
 from common.models import build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
+from common.privacy import noise
 from common.privacy.accounting import DpSgdEvent, calibrate_noise, epsilon
+from common.privacy.policy import (
+    Evaluation,
+    Origin,
+    SitePolicy,
+    derived_seed,
+    from_mapping,
+    policy_keys,
+    read_policy_file,
+    site_secret,
+)
 
 _SIGMA_KEY = "fedshield.noise"
 _META_KEY = "fedshield.dataset"
@@ -40,14 +59,89 @@ def _config_from_run_config(items: tuple) -> RunConfig:
     return RunConfig.from_flat(dict(items), source="run config")
 
 
-def _node_site(context: Context, cfg: RunConfig) -> SiteData:
-    """The site's own records: its data file in a deployment (node config ``data-path``), or its
-    partition of the scenario's data in a simulation."""
+@dataclass(frozen=True)
+class SiteSettings:
+    """Who the site is, where it keeps its state, and its policy (``None`` with ``problem``
+    when it has none it can use: the site then refuses everything, failing closed)."""
+
+    site_id: int
+    name: str
+    paths: SitePaths
+    policy: SitePolicy | None
+    problem: str = ""
+    deployed: bool = False
+    secret: bytes = b""
+
+
+def _simulation_policy(cfg: RunConfig, name: str, secret: bytes) -> SitePolicy:
+    """In a simulation the scenario stands in for every site's policy (the researcher plays
+    every party); the ledger records ``origin = simulation-scenario``."""
+    return SitePolicy(
+        epsilon=cfg.budget_epsilon(name),
+        delta=cfg.delta,
+        require_dp=cfg.dp,
+        data_source=cfg.data_path or cfg.dataset,
+        val_fraction=cfg.val_fraction,
+        split_seed=derived_seed(secret, "split"),
+        class_names=cfg.class_name_list,
+        feature_schema=getattr(cfg, "feature_schema", ""),
+        evaluation=Evaluation(cfg.site_evaluation),
+        eval_noise_multiplier=cfg.eval_noise_multiplier,
+        insecure_reproducible_noise=cfg.insecure_reproducible_noise,
+        origin=Origin.SIMULATION,
+    )
+
+
+def site_settings(context: Context, cfg: RunConfig) -> SiteSettings:
+    """The site's identity, state folder and policy. A deployed site (its node config names a
+    ``state-dir``, ``data-path`` or ``site-policy``) reads its policy from its node config or
+    policy file and never from the server; without a budget it has no policy."""
     node = context.node_config
     site_id = int(node.get("partition-id", 0))
+    name = str(node.get("site-name", f"site-{site_id}"))
+    deployed = any(k in node for k in ("state-dir", "data-path", "site-policy"))
+    if "state-dir" in node:
+        root = Path(str(node["state-dir"]))
+        paths = SitePaths(root, root / f"{name}{keys.PUBLIC_SUFFIX}")
+    else:
+        paths = simulation_paths(Path(cfg.state_path), name)
+    secret = site_secret(paths.root)
+    try:
+        if "site-policy" in node:
+            path = Path(str(node["site-policy"]))
+            policy = from_mapping(read_policy_file(path), source=str(path), secret=secret, origin=Origin.POLICY_FILE)
+        elif deployed:
+            values = {k: v for k, v in node.items() if k in policy_keys()}
+            policy = from_mapping(values, source=f"node config of {name}", secret=secret, origin=Origin.NODE_CONFIG)
+        else:
+            policy = _simulation_policy(cfg, name, secret)
+    except ConfigError as exc:
+        return SiteSettings(site_id, name, paths, None, str(exc), deployed, secret)
+    return SiteSettings(site_id, name, paths, policy, "", deployed, secret)
+
+
+def _node_site(context: Context, cfg: RunConfig, policy: SitePolicy) -> SiteData:
+    """The site's own records, split into train and validation by the site's own policy: its
+    data file in a deployment (node config ``data-path``), or its partition of the
+    scenario's data in a simulation."""
+    node = context.node_config
     if "data-path" in node:
-        return local_site_data(cfg, str(node["data-path"]), site_id)
-    return site_data(cfg, site_id, int(node["num-partitions"]))
+        return local_site_data(
+            cfg,
+            str(node["data-path"]),
+            val_fraction=policy.val_fraction,
+            split_seed=policy.split_seed,
+            class_names=policy.class_names,
+            feature_schema=policy.feature_schema,
+            site_id=int(node.get("partition-id", 0)),
+        )
+    return site_data(
+        cfg,
+        int(node.get("partition-id", 0)),
+        int(node["num-partitions"]),
+        val_fraction=policy.val_fraction,
+        split_seed=policy.split_seed,
+    )
 
 
 def _plan(cfg: RunConfig) -> LocalPlan:
@@ -57,44 +151,67 @@ def _plan(cfg: RunConfig) -> LocalPlan:
 
 @dataclass(frozen=True)
 class DatasetMeta:
-    fingerprint: str
-    records: int
+    fingerprint: str  # salted with the site's secret: reveals nothing about single records
+    records: int  # training records (declared public by the site's policy: FedAvg's weight)
 
 
-def _dataset_meta(context: Context, cfg: RunConfig) -> DatasetMeta:
+def _dataset_meta(context: Context, cfg: RunConfig, settings: SiteSettings) -> DatasetMeta:
     """The site's dataset fingerprint and size, computed once and kept in the node state, so
     the budget check needs no access to the records."""
     if _META_KEY not in context.state:
-        train = _node_site(context, cfg).train
-        context.state[_META_KEY] = ConfigRecord({"fingerprint": dataset_fingerprint(train), "records": len(train)})
+        site = _node_site(context, cfg, settings.policy)
+        fingerprint = salted_fingerprint(settings.secret, site.train, site.val)
+        context.state[_META_KEY] = ConfigRecord({"fingerprint": fingerprint, "records": len(site.train)})
     rec = context.state[_META_KEY]
     return DatasetMeta(str(rec["fingerprint"]), int(rec["records"]))
 
 
+def _job_target(cfg: RunConfig, policy: SitePolicy, prior_epsilon: float) -> float:
+    """The cumulative epsilon this job may reach: the site's lifetime budget, or less when the
+    server's job asks for less (a deployed site only: in a simulation the scenario is both)."""
+    if policy.origin is Origin.SIMULATION:
+        return policy.epsilon
+    return min(policy.epsilon, prior_epsilon + cfg.epsilon)
+
+
+def _planned_evaluations(cfg: RunConfig, policy: SitePolicy) -> list[DpSgdEvent]:
+    if policy.evaluation is not Evaluation.DP:
+        return []
+    return [DpSgdEvent(policy.eval_noise_multiplier, 1.0, 1)] * cfg.rounds
+
+
 def _noise_multiplier(
-    cfg: RunConfig, ledger: SiteLedger, meta: DatasetMeta, job: str, budget: Budget, context: Context
+    cfg: RunConfig, ledger: SiteLedger, policy: SitePolicy, meta: DatasetMeta, job: str, context: Context
 ) -> float | None:
     """The site's noise for this job: given directly, or calibrated once per job so that the
-    spend of earlier jobs on this dataset plus all planned rounds of this one stays within the
-    budget. ``None`` when no noise level fits (nothing left)."""
+    spend of earlier jobs on this data source, all planned rounds of this one and the planned
+    DP evaluation releases stay within the job's target. ``None`` when no noise level fits."""
     if cfg.noise_multiplier > 0:
         return cfg.noise_multiplier
     cached = context.state.get(_SIGMA_KEY)
     if cached is not None and cached["job"] == job:
         return float(cached["sigma"]) if cached["sigma"] > 0 else None
     sample_rate, steps = sampling(meta.records, _plan(cfg))
+    prior = ledger.spend(policy.data_source, exclude_job=job).events
+    target = _job_target(cfg, policy, epsilon(prior, delta=policy.delta))
     try:
         sigma = calibrate_noise(
-            target_epsilon=budget.epsilon,
-            delta=budget.delta,
+            target_epsilon=target,
+            delta=policy.delta,
             sample_rate=sample_rate,
             steps=steps * cfg.rounds,
-            prior=ledger.spend(meta.fingerprint, exclude_job=job).events,
+            prior=[*prior, *_planned_evaluations(cfg, policy)],
         )
     except ConfigError:
         sigma = 0.0
     context.state[_SIGMA_KEY] = ConfigRecord({"job": job, "sigma": sigma})
     return sigma if sigma > 0 else None
+
+
+def _randomness(cfg: RunConfig, policy: SitePolicy, site_id: int, server_round: int) -> noise.Randomness:
+    if policy.insecure_reproducible_noise:
+        return noise.reproducible((cfg.seed * 1_000_003 + site_id * 1_009 + server_round) % 2**31)
+    return noise.secret()
 
 
 def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
@@ -107,6 +224,25 @@ def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float) -
     metrics = MetricRecord({rk.SITE_ID: site_id, rk.REFUSED: 1, rk.EPSILON: spent})
     refusal = ConfigRecord({rk.SITE_NAME: site, rk.REASON: reason})
     return Message(RecordDict({rk.METRICS: metrics, rk.REFUSAL: refusal}), reply_to=msg)
+
+
+def _claim(entry: dict) -> str:
+    """What the site claims for a released update: exactly its ledger entry's accounting."""
+    return json.dumps(
+        {
+            "mechanism": entry["mechanism"],
+            "noise": entry.get("noise"),
+            "epsilon": entry.get("epsilon"),
+            "delta": entry.get("delta"),
+            "source": entry.get("source"),
+            "ledger_seq": entry["seq"],
+        },
+        sort_keys=True,
+    )
+
+
+def _site_report(site: str, entry: dict) -> ConfigRecord:
+    return ConfigRecord({rk.SITE_NAME: site, rk.UPDATE_SHA256: entry["update_sha256"], rk.CLAIM: _claim(entry)})
 
 
 def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str) -> Message:
@@ -122,58 +258,76 @@ def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str
         )
         return _refusal(msg, site_id, site, reason, float(entry["epsilon"] or 0.0))
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(saved["names"], saved["weights"], strict=True)})
-    report = ConfigRecord({rk.SITE_NAME: site, rk.UPDATE_SHA256: entry["update_sha256"]})
     return Message(
-        RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(saved["metrics"]), rk.SITE_REPORT: report}),
+        RecordDict(
+            {rk.ARRAYS: arrays, rk.METRICS: MetricRecord(saved["metrics"]), rk.SITE_REPORT: _site_report(site, entry)}
+        ),
         reply_to=msg,
     )
 
 
-@dataclass(frozen=True)
-class SiteSettings:
-    """What the site itself decides, from its node config; in a simulation (no such keys) the
-    scenario stands in for every site. The server's run config can never loosen these."""
-
-    site_id: int
-    name: str
-    paths: SitePaths
-    budget: Budget
-    require_dp: bool
-
-
-def site_settings(context: Context, cfg: RunConfig) -> SiteSettings:
-    node = context.node_config
-    site_id = int(node.get("partition-id", 0))
-    name = str(node.get("site-name", f"site-{site_id}"))
-    if "state-dir" in node:
-        root = Path(str(node["state-dir"]))
-        paths = SitePaths(root, root / f"{name}{keys.PUBLIC_SUFFIX}")
-    else:
-        paths = simulation_paths(Path(cfg.state_path), name)
-    budget = Budget(
-        float(node.get("budget-epsilon", cfg.budget_epsilon(name))), float(node.get("budget-delta", cfg.delta))
-    )
-    # A site that sets its own budget only ever trains with DP, whatever the run config says.
-    require_dp = bool(node.get("require-dp", "budget-epsilon" in node))
-    return SiteSettings(site_id, name, paths, budget, require_dp)
+def _unusable(msg: Message, settings: SiteSettings, job: str, server_round: int) -> Message:
+    """No usable policy (or no readable ledger): refuse without reading a record. The refusal
+    is written to the ledger when the ledger itself can be opened."""
+    reason = f"{settings.name} has no usable privacy policy and will not train: {settings.problem}"
+    try:
+        with settings.paths.locked():
+            SiteLedger(settings.paths, settings.name).record_refusal(
+                job=job,
+                server_round=server_round,
+                source="unknown",
+                dataset="",
+                records=0,
+                budget={},
+                reason=reason,
+                spent=float("nan"),
+            )
+    except FedshieldError:
+        pass  # the ledger is unreadable too: the refusal still goes out
+    return _refusal(msg, settings.site_id, settings.name, reason, float("nan"))
 
 
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     settings = site_settings(context, cfg)
-    site_id, site, paths, budget = settings.site_id, settings.name, settings.paths, settings.budget
     config = msg.content[rk.CONFIG]
     server_round = int(config[rk.SERVER_ROUND])
     job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
-    meta = _dataset_meta(context, cfg)
-    ledger = SiteLedger(paths, site)
+    if settings.policy is None:
+        return _unusable(msg, settings, job, server_round)
+    with settings.paths.locked():
+        try:
+            ledger = SiteLedger(settings.paths, settings.name)
+        except FedshieldError as exc:
+            reason = f"{settings.name} will not train: its ledger cannot be trusted ({exc})"
+            return _refusal(msg, settings.site_id, settings.name, reason, float("nan"))
+        return _train_locked(msg, context, cfg, settings, ledger, job, server_round)
+
+
+def _train_locked(
+    msg: Message,
+    context: Context,
+    cfg: RunConfig,
+    settings: SiteSettings,
+    ledger: SiteLedger,
+    job: str,
+    server_round: int,
+) -> Message:
+    policy = settings.policy
+    assert policy is not None  # checked by the caller (not input validation)
+    site_id, site, paths = settings.site_id, settings.name, settings.paths
+    config = msg.content[rk.CONFIG]
     released = ledger.released(job, server_round)
     if released is not None:
         # A restarted server asks again for a round this site already answered: send the same
         # update again (re-releasing it costs no privacy) rather than training and spending twice.
         return _resend(msg, paths, released, site_id, site)
-    entry_common = {
+    meta = _dataset_meta(context, cfg, settings)
+    budget = Budget(policy.epsilon, policy.delta)
+    spend = ledger.spend(policy.data_source)
+    base = {
         "job": job,
         "server_round": server_round,
+        "source": policy.data_source,
         "dataset": meta.fingerprint,
         "records": meta.records,
         "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
@@ -181,11 +335,11 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
 
     def refuse(reason: str, spent: float, *, reported: float | None = None) -> Message:
         """Record the refusal in the ledger (with ``spent``), then reply with it."""
-        ledger.record_refusal(**entry_common, reason=reason, spent=spent)
+        ledger.record_refusal(**base, reason=reason, spent=spent)
         return _refusal(msg, site_id, site, reason, spent if reported is None else reported)
 
     def spent_so_far() -> float:
-        return epsilon(ledger.spend(meta.fingerprint).events, delta=budget.delta)
+        return float("inf") if spend.non_private_jobs else epsilon(spend.events, delta=budget.delta)
 
     server_base = str(config.get(rk.FROZEN_SHA256, ""))
     own_base = spec_frozen_sha256(model_spec(cfg), cfg.seed)
@@ -196,78 +350,162 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
             f"({server_base[:12] or 'none'}); check pretrained-path on both sides"
         )
         return refuse(reason, spent_so_far())
+    if policy.delta > 1.0 / meta.records:
+        reason = f"budget delta {policy.delta:g} exceeds 1/n = {1.0 / meta.records:.3g} for {meta.records} records"
+        return refuse(reason, spent_so_far())
     plan = _plan(cfg)
-    history: list[DpSgdEvent] = []
-    privacy = None
-    planned_epsilon = float("nan")
-    if settings.require_dp and not cfg.dp:
+    randomness = _randomness(cfg, policy, site_id, server_round)
+    if policy.require_dp and not cfg.dp:
         reason = "this site only trains with differential privacy; the job asked for none"
         return refuse(reason, spent_so_far(), reported=float("nan"))
+    privacy, reserve, planned_epsilon = None, None, float("nan")
     if cfg.dp:
         # The veto: decided from the ledger and the planned mechanism, before the data is read.
-        spend = ledger.spend(meta.fingerprint)
-        history = spend.events
         if spend.non_private_jobs:
             reason = f"budget void: job {spend.non_private_jobs[0]} released updates from this dataset without DP"
             return refuse(reason, float("inf"))
-        sigma = _noise_multiplier(cfg, ledger, meta, job, budget, context)
+        sigma = _noise_multiplier(cfg, ledger, policy, meta, job, context)
         sample_rate, steps = sampling(meta.records, plan)
-        decision = decide(history, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, budget)
+        decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, budget)
         if not decision.allowed:
             return refuse(decision.reason, decision.spent)
         privacy = PrivacyPlan(sigma, cfg.max_grad_norm, cfg.grad_sample_mode)
         planned_epsilon = decision.after
+        # Spent from this moment: if anything below fails or the site crashes, the ledger
+        # still holds this round's spend (a lost update is never a refund).
+        reserve = ledger.record_reserve(
+            **base,
+            event=DpSgdEvent(sigma, sample_rate, steps),
+            max_grad_norm=cfg.max_grad_norm,
+            delta=budget.delta,
+            epsilon=planned_epsilon,
+            noise=randomness.as_record(),
+            policy=policy.as_record(),
+        )
 
     model = _global_model(msg, cfg)
-    train = _node_site(context, cfg).train
-    seed = (cfg.seed * 1_000_003 + site_id * 1_009 + server_round) % 2**31
-    result = train_local(model, train, plan, privacy=privacy, seed=seed)
+    train = _node_site(context, cfg, policy).train
+    result = train_local(model, train, plan, privacy=privacy, randomness=randomness)
     names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
     metrics: dict[str, float | int] = {
-        rk.NUM_EXAMPLES: result.num_examples,
+        rk.NUM_EXAMPLES: result.num_examples,  # declared public by the site's policy
         rk.SITE_ID: site_id,
         # No training loss: it is computed from the training records without noise, so
         # releasing it would leak outside the DP guarantee.
     }
-    spent = float("nan")
     if result.event is not None:
-        history = [*history, result.event]
-        # The trainer checks that the event run is the event planned, so the veto's figure
-        # for "after" is exactly the composition of the updated history.
-        spent = planned_epsilon
         metrics |= {
-            rk.EPSILON: spent,
+            rk.EPSILON: planned_epsilon,  # the trainer checked: the event run is the event planned
             rk.DELTA: budget.delta,
-            rk.DP_STEPS: sum(e.steps for e in history),
+            rk.DP_STEPS: spend.sgd_steps + result.event.steps,
             rk.NOISE_MULTIPLIER: result.event.noise_multiplier,
             rk.SAMPLE_RATE: result.event.sample_rate,
         }
     # Durably on disk before the update leaves the site.
-    ledger.record_training(
-        **entry_common,
+    entry = ledger.record_training(
+        **base,
         event=result.event,
         max_grad_norm=cfg.max_grad_norm,
         delta=budget.delta,
-        epsilon=spent,
+        epsilon=planned_epsilon,
         update_sha256=update_sha256,
+        noise=randomness.as_record() if result.event is not None else None,
+        policy=policy.as_record(),
+        reserve=None if reserve is None else int(reserve["seq"]),
     )
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
-    report = ConfigRecord({rk.SITE_NAME: site, rk.UPDATE_SHA256: update_sha256})
     torch.save(
         {"job": job, "round": server_round, "names": names, "weights": result.weights, "metrics": metrics},
         paths.last_update,
     )
     return Message(
-        RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: report}), reply_to=msg
+        RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: _site_report(site, entry)}),
+        reply_to=msg,
     )
 
 
+# Evaluation: per-example loss is clipped to [0, EVAL_LOSS_BOUND] so that one record moves the
+# loss sum by at most the bound; (correct count, loss sum / bound) then has L2 sensitivity
+# sqrt(2) under add/remove-one.
+EVAL_LOSS_BOUND = 10.0
+
+
 def handle_evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
-    site = _node_site(context, cfg)
-    loss, accuracy = evaluate(_global_model(msg, cfg), site.val)
+    settings = site_settings(context, cfg)
+    policy = settings.policy
+    if policy is None or policy.evaluation is Evaluation.OFF:
+        metrics = MetricRecord({rk.SITE_ID: settings.site_id, rk.EVAL_REFUSED: 1, rk.NUM_EXAMPLES: 0})
+        return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)
+    config = msg.content.get(rk.CONFIG) or ConfigRecord({})
+    job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
+    server_round = int(config.get(rk.SERVER_ROUND, 0))
+    with settings.paths.locked():
+        ledger = SiteLedger(settings.paths, settings.name)
+        return _evaluate_locked(msg, context, cfg, settings, ledger, job, server_round)
+
+
+def _evaluate_locked(
+    msg: Message,
+    context: Context,
+    cfg: RunConfig,
+    settings: SiteSettings,
+    ledger: SiteLedger,
+    job: str,
+    server_round: int,
+) -> Message:
+    from common.evaluation import per_example
+
+    policy = settings.policy
+    assert policy is not None
+    meta = _dataset_meta(context, cfg, settings)
+    budget = Budget(policy.epsilon, policy.delta)
+    spend = ledger.spend(policy.data_source)
+    base = {
+        "job": job,
+        "server_round": server_round,
+        "source": policy.data_source,
+        "dataset": meta.fingerprint,
+        "records": meta.records,
+        "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
+    }
+    refused = MetricRecord({rk.SITE_ID: settings.site_id, rk.EVAL_REFUSED: 1, rk.NUM_EXAMPLES: 0})
+    if policy.evaluation is Evaluation.DP:
+        event = DpSgdEvent(policy.eval_noise_multiplier, 1.0, 1)
+        decision = decide(spend.events, event, budget)
+        if spend.non_private_jobs or not decision.allowed:
+            ledger.record_refusal(**base, reason=f"evaluation: {decision.reason}", spent=decision.spent)
+            return Message(RecordDict({rk.METRICS: refused}), reply_to=msg)
+        randomness = _randomness(cfg, policy, settings.site_id, server_round)
+        ledger.record_evaluation(
+            **base,
+            noise_multiplier=policy.eval_noise_multiplier,
+            delta=budget.delta,
+            epsilon=decision.after,
+            noise=randomness.as_record(),
+            released=[rk.EVAL_CORRECT, rk.EVAL_LOSS],
+        )
+    else:
+        ledger.record_evaluation(
+            **base, noise_multiplier=None, delta=budget.delta, epsilon=math.nan, noise=None, released=["all"]
+        )
+    val = _node_site(context, cfg, policy).val
+    losses, correct = per_example(_global_model(msg, cfg), val)
+    n = len(val)
+    if policy.evaluation is Evaluation.DP:
+        clipped = losses.clamp(0.0, EVAL_LOSS_BOUND)
+        std = policy.eval_noise_multiplier * math.sqrt(2.0)
+        gen = randomness.sampling_generator()  # a fresh secret generator (or the public seed's)
+        draws = torch.normal(0.0, std, size=(2,), generator=gen)
+        noisy_correct = float(correct.sum()) + float(draws[0])
+        noisy_loss = (float(clipped.sum()) / EVAL_LOSS_BOUND + float(draws[1])) * EVAL_LOSS_BOUND
+        accuracy = min(max(noisy_correct / n, 0.0), 1.0)
+        loss = max(noisy_loss / n, 0.0)
+        extra = {rk.EVAL_CORRECT: noisy_correct}
+    else:
+        accuracy, loss, extra = float(correct.float().mean()), float(losses.mean()), {}
     metrics = MetricRecord(
-        {rk.NUM_EXAMPLES: len(site.val), rk.SITE_ID: site.site_id, rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy}
+        {rk.NUM_EXAMPLES: n, rk.SITE_ID: settings.site_id, rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy, **extra}
     )
     return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 
 import numpy as np
@@ -24,3 +25,12 @@ def dataset_fingerprint(data: Dataset) -> str:
     """Content fingerprint of a site's training records: the same records give the same
     fingerprint in every job, so a budget spans every job ever run on them."""
     return arrays_sha256([("x", data.x), ("y", data.y)])
+
+
+def salted_fingerprint(secret: bytes, *parts: Dataset) -> str:
+    """HMAC-SHA256 of the records under the site's secret: the same records give the same
+    fingerprint at this site (so a changed file is noticed), while the ledger reveals nothing
+    about individual records to anyone without the secret (no guessing a record and
+    checking a hash)."""
+    named = [(f"{name}{i}", arr) for i, d in enumerate(parts) for name, arr in (("x", d.x), ("y", d.y))]
+    return hmac.new(secret, arrays_sha256(named).encode(), hashlib.sha256).hexdigest()

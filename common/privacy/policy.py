@@ -119,6 +119,11 @@ _KEYS = {
 }
 
 
+def policy_keys() -> frozenset[str]:
+    """The kebab-case keys a site's policy may hold."""
+    return frozenset(_KEYS)
+
+
 def site_secret(root: Path) -> bytes:
     """The site's own 32 random bytes (created on first use, 0600, never sent or logged): the
     seed of its train/validation split and the salt of its dataset fingerprints."""

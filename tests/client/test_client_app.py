@@ -46,9 +46,12 @@ def test_restarted_site_continues_from_its_ledger(tmp_path: Path) -> None:
     assert second[rk.DP_STEPS] == 2 * first[rk.DP_STEPS]
     entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
     assert [(e["kind"], e["round"], e["epsilon"]) for e in entries] == [
+        ("reserve", 1, pytest.approx(first[rk.EPSILON])),
         ("train", 1, pytest.approx(first[rk.EPSILON])),
+        ("reserve", 2, pytest.approx(second[rk.EPSILON])),
         ("train", 2, pytest.approx(second[rk.EPSILON])),
     ]
+    assert entries[1]["reserve"] == entries[0]["seq"] and entries[3]["reserve"] == entries[2]["seq"]
 
 
 def test_reply_hash_matches_the_ledger_entry(tmp_path: Path) -> None:
@@ -91,7 +94,7 @@ def test_round_asked_again_resends_the_same_update_without_spending(tmp_path: Pa
     assert arrays_hash(again.content[rk.ARRAYS]) == arrays_hash(first.content[rk.ARRAYS])
     assert again.content[rk.METRICS][rk.EPSILON] == first.content[rk.METRICS][rk.EPSILON]
     entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
-    assert len(entries) == 1  # no second spend
+    assert [e["kind"] for e in entries] == ["reserve", "train"]  # no second spend
     (tmp_path / "sites" / "site-1" / "last-update.pt").unlink()
     lost = handle_train(_train_msg(cfg, 1), _context(), cfg)
     assert lost.content[rk.METRICS][rk.REFUSED] == 1
