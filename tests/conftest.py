@@ -43,3 +43,14 @@ def write_tiny_text_model(folder: Path, *, hidden: int = 16, layers: int = 2, dr
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_text_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+_SLOW_FOLDERS = ("simulations", "deployment")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests (whole simulations, a real deployment) are ``slow``: ``pytest -m 'not
+    slow'`` is the fast subset for development; CI runs everything."""
+    for item in items:
+        if Path(str(item.fspath)).parent.name in _SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
