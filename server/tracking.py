@@ -229,20 +229,26 @@ class SiteTracking(Strategy):
     ) -> Iterable[Message]:
         if self.stopped:
             return []
+        config[rk.JOB_ID] = self.job  # the site's ledger records an evaluation release per job
         return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.offset
         if self.stopped:
             return None
-        replies = list(replies)
         log = self._log(server_round)
+        # A site whose policy does not allow evaluation (the default), or whose budget cannot pay
+        # for one, answers with a refusal: it released nothing, and is left out of the average.
+        replies = [msg for msg in replies if msg.has_error() or rk.EVAL_REFUSED not in msg.content[rk.METRICS]]
         for msg in replies:
             if not msg.has_error():
                 m = msg.content[rk.METRICS]
                 log.evaluate[int(m[rk.SITE_ID])] = {
                     k: float(m[k]) for k in (rk.EVAL_LOSS, rk.EVAL_ACCURACY, rk.NUM_EXAMPLES)
                 }
+        if not any(not msg.has_error() for msg in replies):
+            log.seconds = time.monotonic() - self._t0
+            return None
         result = self.inner.aggregate_evaluate(server_round, replies)
         if result is not None:
             log.federated_eval = {k: float(v) for k, v in result.items()}
