@@ -31,6 +31,7 @@ from typing import Any
 
 from audit.pld import Composition
 from audit.verify import LoadedLedger, Problem
+from common.privacy.noise import NoiseSource
 
 ABS_TOL = 0.02
 REL_TOL = 0.03
@@ -38,8 +39,8 @@ DP_SGD = "dp-sgd-poisson-gaussian"
 NO_DP = "none"
 GAUSSIAN = "gaussian"
 PUBLIC = "public"
-SECRET_NOISE = frozenset({"chacha20-os-entropy"})  # noise only the site can know
-REPRODUCIBLE_NOISE = "insecure-reproducible"
+SECRET_NOISE = frozenset(s.value for s in NoiseSource if s.private)  # noise only the site can know
+REPRODUCIBLE_NOISE = NoiseSource.INSECURE_REPRODUCIBLE.value
 _KINDS = ("reserve", "train", "evaluate", "refusal")
 
 

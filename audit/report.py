@@ -91,13 +91,13 @@ def to_text(result: AuditResult) -> str:
     lines += [
         "",
         "Privacy spend per site and data source (unit: one record; epsilon at the budget's delta)",
-        f"  {'site':<10} {'source':<16} {'claimed':>8} {'PLD':>8} {'RDP':>8} {'budget':>7} {'delta':>7} "
+        f"  {'site':<10} {'source':<24} {'claimed':>8} {'PLD':>8} {'RDP':>8} {'budget':>7} {'delta':>7} "
         f"{'rounds':>6} {'refused':>7} {'jobs':>4}  verdict",
     ]
     for s in result.spends:
-        source = s.source if len(s.source) <= 16 else s.source[:15] + "…"
+        source = s.source if len(s.source) <= 24 else s.source[:23] + "…"
         lines.append(
-            f"  {s.site:<10} {source:<16} {s.spent_claimed:>8.3f} {s.spent_pld:>8.3f} "
+            f"  {s.site:<10} {source:<24} {s.spent_claimed:>8.3f} {s.spent_pld:>8.3f} "
             f"{s.spent_rdp:>8.3f} {s.budget:>7g} {s.delta:>7.0e} {s.trained:>6} "
             f"{s.refusals:>7} {len(s.jobs):>4}  {_site_verdict(s)}"
         )

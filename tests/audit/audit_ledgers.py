@@ -16,7 +16,7 @@ from common.privacy.ledger import GENESIS, HEAD_FILE, PartyPaths, canonical, ent
 from server.server_ledger import ServerLedger
 from server.server_ledger import simulation_paths as server_paths
 
-SECRET = "chacha20-os-entropy"
+SECRET = "os-entropy-reseeded"
 REPRODUCIBLE = "insecure-reproducible"
 DP_SGD = "dp-sgd-poisson-gaussian"
 

@@ -22,7 +22,7 @@ from server.tracking import SiteTracking, parse_claim
 
 CLAIM = {
     "mechanism": {"name": "dp-sgd-poisson-gaussian", "noise_multiplier": 1.2, "sample_rate": 0.1, "steps": 30},
-    "noise": {"source": "chacha20-os-entropy"},
+    "noise": {"source": "os-entropy-reseeded"},
     "epsilon": 0.73,
     "delta": 1e-5,
     "source": "breast_cancer",
