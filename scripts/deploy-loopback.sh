@@ -65,7 +65,7 @@ for i in 0 1; do
   mkdir -p "$D/sites/site-$i/flwr-home"
   FLWR_HOME=$D/sites/site-$i/flwr-home setsid flower-supernode --root-certificates "$T/ca.crt" \
     --superlink "127.0.0.1:$PORT" --auth-supernode-private-key "$N/site-$i.key" \
-    --node-config "partition-id=$i num-partitions=2 site-name=\"site-$i\" state-dir=\"$D/sites/site-$i\" budget-epsilon=1.0" \
+    --node-config "partition-id=$i num-partitions=2 site-name=\"site-$i\" state-dir=\"$D/sites/site-$i\" budget-epsilon=1.0 budget-delta=1e-5 require-dp=true" \
     --host 127.0.0.1 --port $((29094 + i)) > "$D/logs/supernode-$i.log" 2>&1 &
   PIDS+=($!)
 done

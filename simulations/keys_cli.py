@@ -120,7 +120,8 @@ def provision_deployment(directory: Path, sites: list[str], server_names: list[s
             f"flower-supernode --root-certificates {ca_crt} --superlink {superlink} "
             f"--auth-supernode-private-key {nodes / (site + '.key')} "
             f'--node-config \'partition-id={i} num-partitions={len(sites)} site-name="{site}" '
-            f'state-dir="/srv/fedshield/{site}" budget-epsilon=1.0\' --host 127.0.0.1 --port {9094 + i}'
+            f'state-dir="/srv/fedshield/{site}" budget-epsilon=1.0 budget-delta=1e-5 require-dp=true\' '
+            f"--host 127.0.0.1 --port {9094 + i}"
         )
     lines += ["", "# 4. On the server: launch a job", 'flwr run . fedshield --run-config "rounds=5" --stream']
     return lines

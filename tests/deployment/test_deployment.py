@@ -34,7 +34,16 @@ def test_tls_authenticated_deployment_end_to_end(tmp_path: Path) -> None:
     assert all(0 < s["epsilon"] <= 1.0 for s in metrics["final"]["sites"].values())
     for site in ("site-0", "site-1"):  # each site's ledger and key live at the site, under its own name
         entries = [json.loads(line) for line in (work / "sites" / site / "ledger.jsonl").read_text().splitlines()]
-        assert [e["round"] for e in entries] == [1, 2] and all(e["ledger"] == site for e in entries)
+        assert [(e["kind"], e["round"]) for e in entries] == [
+            ("reserve", 1),
+            ("train", 1),
+            ("reserve", 2),
+            ("train", 2),
+        ]
+        assert all(
+            e["ledger"] == site and e.get("policy", {}).get("origin", "node-config") == "node-config" for e in entries
+        )
+        assert all(e["noise"]["source"] == "os-entropy-reseeded" for e in entries)
         assert (work / "sites" / site / "site.key").stat().st_mode & 0o777 == 0o600
     assert "unregistered SuperNode: exit 1 (Failed to activate SuperNode)" in out
     assert "SuperNode without the CA certificate: exit 1 (CERTIFICATE_VERIFY_FAILED)" in out
