@@ -201,10 +201,10 @@ class _SiteRecompute:
         kind = str(e["kind"])
         where = f"{self.ledger.path}: line {number} (seq {e.get('seq')})"
         spend = self._spend_for(where, e)
+        spend.jobs.add(str(e.get("job")))
         if kind == "refusal":
             spend.refusals += 1
             return
-        spend.jobs.add(str(e.get("job")))
         if kind == "train":
             spend.trained += 1
         mech = e.get("mechanism") or {}
