@@ -38,7 +38,7 @@ def test_small_budget_site_stops_partway_while_others_continue(tmp_path: Path) -
     assert m["rounds"][3]["sites_asked"] == 2  # the exhausted site is not asked again
     assert m["final"]["sites"]["1"]["epsilon"] <= 2.0 and m["final"]["sites"]["1"]["refusals"] == 1
     kinds = [e["kind"] for e in _site_entries(tmp_path, "site-1")]
-    assert kinds == ["train", "train", "refusal"]
+    assert kinds == ["reserve", "train", "reserve", "train", "refusal"]
     audit = run_audit([tmp_path], trusted_keys_for(tmp_path))
     assert audit.ok, [str(p) for p in audit.problems]
 
@@ -64,7 +64,7 @@ def test_more_rounds_than_planned_get_refusals_then_a_second_job_continues_the_s
         reason = m2["rounds"][0]["sites"][site]["refused"]
         assert reason.startswith(f"budget exhausted: spent {spent_job1[site]:.2f} of 1.00"), reason
         entries = _site_entries(state, f"site-{site}")
-        assert [e["kind"] for e in entries] == ["train", "train", "refusal", "refusal"]
+        assert [e["kind"] for e in entries] == ["reserve", "train", "reserve", "train", "refusal", "refusal"]
         assert len({e["job"] for e in entries}) == 2 and len({e["dataset"] for e in entries}) == 1
     audit = run_audit([state], trusted_keys_for(state))
     assert audit.ok, [str(p) for p in audit.problems]

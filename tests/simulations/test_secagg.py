@@ -65,7 +65,8 @@ def test_a_site_dropping_mid_round_is_tolerated_up_to_the_threshold(tmp_path: Pa
     for got, want in zip(final, expected, strict=True):
         np.testing.assert_allclose(got, want, atol=QUANTIZATION)
     site3 = read_entries(tmp_path / "one" / "sites" / "site-3" / "ledger.jsonl").entries
-    assert [e["round"] for e in site3] == [1]  # it dropped before training: nothing spent in round 2
+    # It dropped before training: nothing reserved or spent in round 2.
+    assert [(e["kind"], e["round"]) for e in site3] == [("reserve", 1), ("train", 1)]
     assert run_audit([tmp_path / "one"], trusted_keys_for(tmp_path / "one")).ok
 
     m2 = _run(tmp_path / "two", attack="site-2:drop=2,site-3:drop=2")  # two drops: below the threshold

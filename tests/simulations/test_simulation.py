@@ -30,7 +30,7 @@ def test_metrics_have_every_round_and_site(run: tuple[Path, dict]) -> None:
         assert set(r["sites"]) == {"0", "1", "2"}
         assert all(s["trained"] for s in r["sites"].values())
         assert 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
-        assert 0.0 <= r["federated_accuracy"] <= 1.0
+        assert r["federated_accuracy"] is None  # sites release no evaluation unless their policy allows it
     assert m["final"]["accuracy"] == m["rounds"][-1]["accuracy"]
     assert m["final"]["accuracy"] >= 0.85
 
