@@ -178,7 +178,20 @@ class _CrossCheck:
             return
         entry = self.rounds.get((job, rnd))
         if entry is None:
-            self.flag(where, f"released an update in job {job} round {rnd}, but the server ledger has no such round")
+            last = max((r for (j, r) in self.rounds if j == job), default=0)
+            if rnd > last:
+                # An honest crash: the server stopped (or was killed) after the site released this
+                # update and before it could record the round. The site's spend counts all the same.
+                self.flag(
+                    where,
+                    f"released an update in job {job} round {rnd}; the server's record of that job ends at "
+                    f"round {last} (interrupted before this round was recorded); the spend counts",
+                    fatal=False,
+                )
+            else:
+                self.flag(
+                    where, f"released an update in job {job} round {rnd}, but the server ledger has no such round"
+                )
             return
         received = [*entry.get("updated", []), *entry.get("rejected", [])]
         if any(i.get("site") == site.owner and i.get("update_sha256") == e.get("update_sha256") for i in received):

@@ -32,7 +32,12 @@ class _DropDeprecationNotice(logging.Filter):
     process, no SuperLink) and say so in the README, so the notice is not repeated per run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "run_simulation` function is deprecated" not in record.getMessage()
+        message = record.getMessage()
+        # No federated evaluation is the default (a site's evaluation is a release): not news.
+        return (
+            "run_simulation` function is deprecated" not in message
+            and "Federated evaluation will be skipped" not in message
+        )
 
 
 class SimulationFailed(FedshieldError):

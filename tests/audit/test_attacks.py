@@ -196,3 +196,22 @@ def test_a_ledger_cut_below_its_signed_head_fails(run: tuple[Path, Path]) -> Non
     ledger.write_bytes(b"".join(lines[:-1]))
     problems = _fatal(run_audit([state], trusted))
     assert any("site-0" in p and "the signed head says 5 entries were written but only 4" in p for p in problems)
+
+
+def test_a_release_after_the_servers_last_round_is_an_interrupted_job_not_a_forgery(run: tuple[Path, Path]) -> None:
+    # kill -9 between the site's ledger entry and the server's: the spend counts, the audit passes.
+    state, trusted = run
+    Site(state, "site-0", history=[EVENT, EVENT]).round(JOB, 3, EVENT)  # rounds 1-2 already spent
+    result = run_audit([state], trusted)
+    assert result.verdict == "VERIFIED", _fatal(result)
+    assert any("interrupted before this round was recorded" in str(p) for p in result.problems)
+
+
+def test_a_release_in_a_round_the_server_skipped_fails(tmp_path: Path) -> None:
+    state = tmp_path / "run"
+    sites = [Site(state, f"site-{i}") for i in range(2)]
+    rounds = {r: [s.round(JOB, r, EVENT) for s in sites] for r in (1, 2, 3)}
+    del rounds[2]  # the server hides round 2 but records round 3
+    server(state, JOB, rounds)
+    problems = _fatal(run_audit([state], provision(state, tmp_path / "trusted")))
+    assert any("round 2, but the server ledger has no such round" in p for p in problems), problems
