@@ -178,6 +178,8 @@ def train_local(
                         # Opacus's hooks fire on module outputs when inputs need no grad: expected.
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
                         loss.backward()
+                    if privacy is not None:
+                        _drop_non_finite_examples(model, xb, yb, privacy)
                 else:
                     # An empty Poisson batch is still a step: Opacus adds pure noise.
                     _empty_step_grads(model, privacy)
@@ -207,6 +209,58 @@ def train_local(
         num_examples=len(data),
         event=event,
     )
+
+
+def _drop_non_finite_examples(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, privacy: PrivacyPlan) -> None:
+    """An example whose gradient is not finite contributes nothing (before clipping).
+
+    Without this, a server could craft a global model that overflows on one record only: that
+    example's NaN would pass through clipping (NaN * coefficient) and make the whole update NaN
+    exactly when the record was sampled, a noise-free membership bit per step. Zeroing an
+    example by a rule on that example alone keeps its contribution within the clipping bound,
+    so the accounting is unchanged."""
+    params = _params(model)
+    if privacy.grad_sample_mode == "ghost":
+        # Ghost clipping leaves only the clipped sum: if it is not finite, rebuild it example by
+        # example (the same clipped sum, with non-finite examples left out).
+        if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
+            return
+        _clipped_sum_by_example(model, xb, yb, params, privacy.max_grad_norm)
+        return
+    samples = [p.grad_sample for p in params if isinstance(getattr(p, "grad_sample", None), torch.Tensor)]
+    if not samples:
+        return
+    bad = torch.zeros(samples[0].shape[0], dtype=torch.bool, device=samples[0].device)
+    for gs in samples:
+        bad |= ~torch.isfinite(gs.reshape(gs.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        for gs in samples:
+            gs[bad] = 0
+
+
+def _clipped_sum_by_example(
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, params: list[nn.Parameter], max_grad_norm: float
+) -> None:
+    """``p.grad`` = the sum over finite examples of each example's gradient clipped to
+    ``max_grad_norm`` (what ghost clipping computes), one backward pass per example."""
+    total = [torch.zeros_like(p) for p in params]
+    model.disable_hooks()
+    try:
+        for j in range(len(yb)):
+            for p in params:
+                p.grad = None
+            nn.functional.cross_entropy(model(xb[j : j + 1]), yb[j : j + 1], reduction="sum").backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                continue
+            norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
+            scale = min(1.0, max_grad_norm / (norm + 1e-6))
+            for t, g in zip(total, grads, strict=True):
+                t.add_(g, alpha=scale)
+    finally:
+        model.enable_hooks()
+    for p, t in zip(params, total, strict=True):
+        p.grad = t
 
 
 def _params(model: nn.Module) -> list[nn.Parameter]:
