@@ -51,6 +51,10 @@ from common.privacy.policy import (
 )
 
 _SIGMA_KEY = "fedshield.noise"
+_SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
+# The largest |weight| a site accepts in a global model (a public constant): a crafted model
+# with huge weights is refused before anything is reserved or read.
+MAX_ABS_WEIGHT = 1e4
 _META_KEY = "fedshield.dataset"
 
 
@@ -99,7 +103,13 @@ def site_settings(context: Context, cfg: RunConfig) -> SiteSettings:
     node = context.node_config
     site_id = int(node.get("partition-id", 0))
     name = str(node.get("site-name", f"site-{site_id}"))
-    deployed = any(k in node for k in ("state-dir", "data-path", "site-policy"))
+    # Flower gives a simulated node only these two keys; anything else is a site configuring
+    # itself, whose policy (and state folder) must never come from the server's run config.
+    deployed = bool(set(node) - _SIMULATED_NODE_KEYS)
+    if deployed and "state-dir" not in node:
+        paths = simulation_paths(Path(cfg.state_path), name)
+        problem = f"node config of {name}: no state-dir (the folder for this site's key, ledger and secret)"
+        return SiteSettings(site_id, name, paths, None, problem, True, b"")
     if "state-dir" in node:
         root = Path(str(node["state-dir"]))
         paths = SitePaths(root, root / f"{name}{keys.PUBLIC_SUFFIX}")
@@ -270,6 +280,8 @@ def _unusable(msg: Message, settings: SiteSettings, job: str, server_round: int)
     """No usable policy (or no readable ledger): refuse without reading a record. The refusal
     is written to the ledger when the ledger itself can be opened."""
     reason = f"{settings.name} has no usable privacy policy and will not train: {settings.problem}"
+    if settings.deployed and "no state-dir" in settings.problem:
+        return _refusal(msg, settings.site_id, settings.name, reason, float("nan"))
     try:
         with settings.paths.locked():
             SiteLedger(settings.paths, settings.name).record_refusal(
@@ -287,6 +299,30 @@ def _unusable(msg: Message, settings: SiteSettings, job: str, server_round: int)
     return _refusal(msg, settings.site_id, settings.name, reason, float("nan"))
 
 
+def _guarded(handler):
+    """A deployed site answers a failure with a generic refusal and keeps the details in its own
+    log: an exception's text can quote a record (a label, a cell) and would reach the server
+    verbatim. In a simulation (the researcher is every party) errors propagate as they are."""
+
+    @functools.wraps(handler)
+    def run(msg: Message, context: Context, cfg: RunConfig) -> Message:
+        if not (set(context.node_config) - _SIMULATED_NODE_KEYS):
+            return handler(msg, context, cfg)
+        try:
+            return handler(msg, context, cfg)
+        except Exception:  # noqa: BLE001 (every failure, reported only locally)
+            import logging
+
+            logging.getLogger("fedshield.site").exception("request failed (details stay at the site)")
+            site = str(context.node_config.get("site-name", "site"))
+            site_id = int(context.node_config.get("partition-id", 0))
+            reason = f"{site} could not complete this request (details in the site's own log)"
+            return _refusal(msg, site_id, site, reason, float("nan"))
+
+    return run
+
+
+@_guarded
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     settings = site_settings(context, cfg)
     config = msg.content[rk.CONFIG]
@@ -353,6 +389,20 @@ def _train_locked(
     if policy.delta > 1.0 / meta.records:
         reason = f"budget delta {policy.delta:g} exceeds 1/n = {1.0 / meta.records:.3g} for {meta.records} records"
         return refuse(reason, spent_so_far())
+    renamed = ledger.source_of(meta.fingerprint)
+    if renamed is not None and renamed != policy.data_source:
+        reason = (
+            f"these records were spent under data source {renamed!r}; renaming it {policy.data_source!r} "
+            "would not give them a fresh budget"
+        )
+        return refuse(reason, spent_so_far())
+    try:  # the server's model is parsed and checked before anything is reserved or read
+        model = _global_model(msg, cfg)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        return refuse(f"the server's model does not fit this site's ({type(exc).__name__})", spent_so_far())
+    weights = [t for t in model.state_dict().values() if t.is_floating_point() and t.numel() > 0]
+    if not all(bool(torch.isfinite(t).all()) and float(t.abs().max()) <= MAX_ABS_WEIGHT for t in weights):
+        return refuse(f"the server's model has non-finite weights or weights above {MAX_ABS_WEIGHT:g}", spent_so_far())
     plan = _plan(cfg)
     randomness = _randomness(cfg, policy, site_id, server_round)
     if policy.require_dp and not cfg.dp:
@@ -383,8 +433,15 @@ def _train_locked(
             policy=policy.as_record(),
         )
 
-    model = _global_model(msg, cfg)
     train = _node_site(context, cfg, policy).train
+    if len(train) != meta.records:
+        # The file changed since the round was planned: the reserve stays spent, nothing is
+        # released, and the next request plans from the records as they are now.
+        del context.state[_META_KEY]
+        reason = (
+            f"the site's data changed ({meta.records} -> {len(train)} training records) since this round was planned"
+        )
+        return refuse(reason, float("nan"))
     result = train_local(model, train, plan, privacy=privacy, randomness=randomness)
     names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
@@ -431,6 +488,7 @@ def _train_locked(
 EVAL_LOSS_BOUND = 10.0
 
 
+@_guarded
 def handle_evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
     settings = site_settings(context, cfg)
     policy = settings.policy
@@ -483,25 +541,30 @@ def _evaluate_locked(
             delta=budget.delta,
             epsilon=decision.after,
             noise=randomness.as_record(),
-            released=[rk.EVAL_CORRECT, rk.EVAL_LOSS],
+            released=[rk.EVAL_CORRECT, rk.EVAL_LOSS, rk.NUM_EXAMPLES],
         )
     else:
         ledger.record_evaluation(
-            **base, noise_multiplier=None, delta=budget.delta, epsilon=math.nan, noise=None, released=["all"]
+            **base, noise_multiplier=None, delta=budget.delta, epsilon=None, noise=None, released=["all"]
         )
     val = _node_site(context, cfg, policy).val
     losses, correct = per_example(_global_model(msg, cfg), val)
     n = len(val)
     if policy.evaluation is Evaluation.DP:
-        clipped = losses.clamp(0.0, EVAL_LOSS_BOUND)
+        # Per example: a non-finite loss counts as the bound (a crafted model cannot turn one
+        # record into a NaN release), then clipped to [0, bound].
+        clipped = torch.nan_to_num(losses, nan=EVAL_LOSS_BOUND, posinf=EVAL_LOSS_BOUND, neginf=0.0)
+        clipped = clipped.clamp(0.0, EVAL_LOSS_BOUND)
         std = policy.eval_noise_multiplier * math.sqrt(2.0)
         gen = randomness.sampling_generator()  # a fresh secret generator (or the public seed's)
-        draws = torch.normal(0.0, std, size=(2,), generator=gen)
-        noisy_correct = float(correct.sum()) + float(draws[0])
-        noisy_loss = (float(clipped.sum()) / EVAL_LOSS_BOUND + float(draws[1])) * EVAL_LOSS_BOUND
+        # Four draws summed and halved, in float64 (the floating-point defence used for
+        # training noise), then rounded: the low-order bits of a float draw say nothing.
+        draws = torch.normal(0.0, std, size=(4, 2), generator=gen, dtype=torch.float64).sum(0) / 2
+        noisy_correct = round(float(correct.sum()) + float(draws[0]))
+        noisy_loss = round((float(clipped.double().sum()) / EVAL_LOSS_BOUND + float(draws[1])) * EVAL_LOSS_BOUND, 2)
         accuracy = min(max(noisy_correct / n, 0.0), 1.0)
         loss = max(noisy_loss / n, 0.0)
-        extra = {rk.EVAL_CORRECT: noisy_correct}
+        extra = {rk.EVAL_CORRECT: float(noisy_correct)}
     else:
         accuracy, loss, extra = float(correct.float().mean()), float(losses.mean()), {}
     metrics = MetricRecord(

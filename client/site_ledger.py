@@ -89,6 +89,13 @@ class SiteLedger:
         self.site = site
         self.ledger = paths.open_ledger(site)
 
+    def source_of(self, fingerprint: str) -> str | None:
+        """The data source under which these records (this salted fingerprint) were last spent."""
+        for entry in reversed(self.ledger.entries):
+            if entry.get("dataset") == fingerprint and entry.get("kind") in ("reserve", "train", "evaluate"):
+                return entry.get("source")
+        return None
+
     def released(self, job: str, server_round: int) -> dict[str, Any] | None:
         """The training entry of an update already released for (job, round), if any."""
         for entry in reversed(self.ledger.entries):
@@ -160,7 +167,7 @@ class SiteLedger:
         *,
         noise_multiplier: float | None,
         delta: float,
-        epsilon: float,
+        epsilon: float | None,
         noise: dict[str, Any] | None,
         released: list[str],
         **base: Any,

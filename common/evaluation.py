@@ -41,5 +41,6 @@ def per_example(
     for i in range(0, len(y), 256):
         logits = model(x[i : i + 256])
         losses.append(nn.functional.cross_entropy(logits, y[i : i + 256], reduction="none").cpu())
-        correct.append((logits.argmax(1) == y[i : i + 256]).cpu())
+        # A record whose logits are not finite counts as wrong (never as a NaN).
+        correct.append(((logits.argmax(1) == y[i : i + 256]) & torch.isfinite(logits).all(1)).cpu())
     return torch.cat(losses), torch.cat(correct)

@@ -21,6 +21,8 @@ processes.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,20 +183,39 @@ DEFAULT_VAL_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
 
 
-def split_records(n: int, *, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train indices, validation indices) of ``n`` records, from the site's own split spec
-    only: the same spec and record count always give the same split, in every job."""
+def split_records(local: Dataset, *, val_fraction: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices) of ``local``, from the site's own split spec only.
+
+    Each record is assigned by itself: to validation iff HMAC-SHA256(seed, the record's bytes)
+    falls below ``val_fraction``. Adding or removing one record therefore moves no other
+    record across the split, so neighbouring datasets stay neighbours (add/remove-one) in
+    their training part too; a permutation of all records would reshuffle them. The same
+    spec and records always give the same split, in every job. Only when the hash puts every
+    record on one side does the record nearest the threshold cross over.
+    """
     if not 0 < val_fraction < 1:
         raise ConfigError(f"val-fraction must be in (0, 1), got {val_fraction!r}")
+    n = len(local)
     if n < 2:
         raise DataError(f"{n} records cannot be split into training and validation records")
-    order = np.random.default_rng(split_seed).permutation(n)
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+    key = int(split_seed).to_bytes(16, "big", signed=True)
+    x, y = np.ascontiguousarray(local.x), np.ascontiguousarray(local.y)
+    u = np.array(
+        [
+            int.from_bytes(hmac.new(key, x[i].tobytes() + y[i].tobytes(), hashlib.sha256).digest()[:8], "big") / 2**64
+            for i in range(n)
+        ]
+    )
+    is_val = u < val_fraction
+    if is_val.all():
+        is_val[np.argmax(u)] = False  # a site keeps at least one training record
+    elif not is_val.any():
+        is_val[np.argmin(u)] = True
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 def _split(site_id: int, local: Dataset, val_fraction: float, split_seed: int) -> SiteData:
-    train_idx, val_idx = split_records(len(local), val_fraction=val_fraction, split_seed=split_seed)
+    train_idx, val_idx = split_records(local, val_fraction=val_fraction, split_seed=split_seed)
     return SiteData(site_id, local.subset(train_idx), local.subset(val_idx))
 
 

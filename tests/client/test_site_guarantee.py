@@ -239,3 +239,73 @@ def test_a_deleted_ledger_does_not_give_a_fresh_budget(tmp_path: Path) -> None:
     reply = handle_train(_msg(cfg, 1, job="job-b"), _sim_context(), cfg)
     assert reply.content[rk.METRICS][rk.REFUSED] == 1 and rk.ARRAYS not in reply.content
     assert "cannot be trusted" in str(reply.content[rk.REFUSAL][rk.REASON])
+
+
+# ---- found by the adversarial review ------------------------------------------------------
+
+
+def test_a_site_configuring_itself_without_a_state_dir_is_not_taken_for_a_simulated_one(tmp_path: Path) -> None:
+    # Node config with a budget but no state-dir used to fall back to the simulation path, where
+    # the server's run config wrote the policy (epsilon 100, no DP).
+    cfg = _cfg(tmp_path, epsilon=100.0, dp=False)
+    ctx = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 3, "budget-epsilon": 1.0, "require-dp": True},
+        state=RecordDict(),
+        run_config={},
+    )
+    reply = handle_train(_msg(cfg, 1), ctx, cfg)
+    assert reply.content[rk.METRICS][rk.REFUSED] == 1 and rk.ARRAYS not in reply.content
+    assert "no state-dir" in str(reply.content[rk.REFUSAL][rk.REASON])
+
+
+def test_a_malformed_or_crafted_model_is_refused_before_anything_is_reserved(tmp_path: Path) -> None:
+    import torch
+
+    cfg = _cfg(tmp_path)
+    good = build_model(model_spec(cfg), seed=cfg.seed).state_dict()
+    config = ConfigRecord({rk.SERVER_ROUND: 1, rk.JOB_ID: "job-a"})
+    for arrays in (
+        {k: torch.zeros(3) for k in good},  # wrong shapes
+        {k: torch.full_like(v, 1e9) for k, v in good.items()},  # weights far outside any trained model
+        {k: torch.full_like(v, float("nan")) for k, v in good.items()},
+    ):
+        msg = Message(
+            RecordDict({rk.ARRAYS: ArrayRecord(arrays), rk.CONFIG: config}),
+            dst_node_id=7,
+            message_type=MessageType.TRAIN,
+        )
+        reply = handle_train(msg, _sim_context(), cfg)
+        assert reply.content[rk.METRICS][rk.REFUSED] == 1
+    kinds = [e["kind"] for e in _entries(tmp_path / "sites" / "site-1")]
+    assert kinds == ["refusal"] * 3  # no budget drained by bad messages
+
+
+def test_renaming_the_data_source_does_not_give_the_records_a_fresh_budget(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, rounds=1, epsilon=1.0)
+    ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0, "data-source": "ward-a"})
+    assert rk.REFUSAL not in handle_train(_msg(cfg, 1, job="j1"), ctx, cfg).content
+    renamed = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0, "data-source": "ward-a-2025"})
+    reply = handle_train(_msg(cfg, 1, job="j2"), renamed, cfg)
+    assert "were spent under data source 'ward-a'" in str(reply.content[rk.REFUSAL][rk.REASON])
+
+
+def test_a_deployed_sites_errors_reach_the_server_without_record_values(tmp_path: Path) -> None:
+    # The server names a label field whose values are patients' names: the loader's error would
+    # have quoted the first one to the server.
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"text": "chest pain", "label": "cardiology", "who": "Jane Q. Doe"}\n' * 10)
+    cfg = _cfg(tmp_path, dataset="text", model="transformer", label_field="who", class_names="cardiology,other")
+    ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0, "data-path": str(notes)})
+    reply = handle_train(_msg(_cfg(tmp_path), 1), ctx, cfg)
+    reason = str(reply.content[rk.REFUSAL][rk.REASON])
+    assert "Jane" not in reason and "details in the site's own log" in reason
+
+
+def test_public_evaluation_is_recorded_and_released(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, site_evaluation="public")
+    metrics = handle_evaluate(_msg(cfg, 1, kind=MessageType.EVALUATE), _sim_context(), cfg).content[rk.METRICS]
+    assert 0.0 <= metrics[rk.EVAL_ACCURACY] <= 1.0
+    (entry,) = _entries(tmp_path / "sites" / "site-1")
+    assert entry["kind"] == "evaluate" and entry["mechanism"] == {"name": "public"} and entry["epsilon"] is None
