@@ -256,7 +256,9 @@ def _site_report(site: str, entry: dict) -> ConfigRecord:
 
 
 def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str) -> Message:
-    saved = torch.load(paths.last_update, weights_only=False) if paths.last_update.exists() else None
+    saved = torch.load(paths.last_update, weights_only=True) if paths.last_update.exists() else None
+    if saved is not None:
+        saved["weights"] = [w.numpy() for w in saved["weights"]]
     if (
         saved is None
         or (saved["job"], saved["round"]) != (entry["job"], entry["round"])
@@ -416,7 +418,11 @@ def _train_locked(
             return refuse(reason, float("inf"))
         sigma = _noise_multiplier(cfg, ledger, policy, meta, job, context)
         sample_rate, steps = sampling(meta.records, plan)
-        decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, budget)
+        # A deployed site also holds the job to what its server asked for (a server-set noise
+        # multiplier included): the job's cap, within the site's lifetime budget.
+        prior = ledger.spend(policy.data_source, exclude_job=job).events
+        cap = Budget(_job_target(cfg, policy, epsilon(prior, delta=budget.delta)), budget.delta)
+        decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, cap)
         if not decision.allowed:
             return refuse(decision.reason, decision.spent)
         privacy = PrivacyPlan(sigma, cfg.max_grad_norm, cfg.grad_sample_mode)
@@ -473,7 +479,13 @@ def _train_locked(
     )
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
     torch.save(
-        {"job": job, "round": server_round, "names": names, "weights": result.weights, "metrics": metrics},
+        {
+            "job": job,
+            "round": server_round,
+            "names": names,
+            "weights": [torch.as_tensor(w) for w in result.weights],
+            "metrics": metrics,
+        },
         paths.last_update,
     )
     return Message(

@@ -309,3 +309,11 @@ def test_public_evaluation_is_recorded_and_released(tmp_path: Path) -> None:
     assert 0.0 <= metrics[rk.EVAL_ACCURACY] <= 1.0
     (entry,) = _entries(tmp_path / "sites" / "site-1")
     assert entry["kind"] == "evaluate" and entry["mechanism"] == {"name": "public"} and entry["epsilon"] is None
+
+
+def test_a_server_set_noise_multiplier_cannot_spend_more_than_the_job_asked(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, epsilon=0.3, noise_multiplier=0.6)  # 0.6 at q=0.5 costs far more than 0.3
+    ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 5.0})
+    reply = handle_train(_msg(cfg, 1), ctx, cfg)
+    assert reply.content[rk.METRICS][rk.REFUSED] == 1
+    assert "of 0.30" in str(reply.content[rk.REFUSAL][rk.REASON])
