@@ -19,6 +19,8 @@ the CSV's header row only, never its values)::
     lo = 0.0                           # public bounds: values outside are clipped to them
     hi = 300.0
     transform = "log"                  # optional: "linear" (default) or "log"
+    center = 3.8                       # optional, with scale: a documented population mean and
+    scale = 0.5                        #   spread (on the transformed axis): (t(v) - center) / scale
 
     [[feature]]
     name = "home"
@@ -26,7 +28,9 @@ the CSV's header row only, never its values)::
 
 Numeric feature ``v`` becomes ``2 * (t(clip(v, lo, hi)) - t(lo)) / (t(hi) - t(lo)) - 1`` in
 [-1, 1], with ``t(v) = v`` ("linear") or ``t(v) = log v`` ("log", for positive measurements
-spanning a wide range, such as sizes or incomes; needs lo > 0). A categorical feature
+spanning a wide range, such as sizes or incomes; needs lo > 0), or, when the schema gives a
+public ``center`` and ``scale`` (a published population mean and standard deviation, never
+the records'), ``(t(clip(v, lo, hi)) - center) / scale``. A categorical feature
 becomes a one-hot block over its declared categories; a value outside them is an error,
 never a new category. Every error is one line naming the schema file, the feature and the
 value.
@@ -73,18 +77,25 @@ class NumericFeature:
     lo: float
     hi: float
     transform: Transform = Transform.LINEAR
+    # Public standardisation (a documented population mean and spread, on the transformed
+    # axis), used instead of the [-1, 1] map when given: never fitted on the records.
+    center: float | None = None
+    spread: float | None = None
 
     @property
     def width(self) -> int:
         return 1
 
     def scale(self, values: np.ndarray) -> np.ndarray:
-        """Clip to the public bounds, then map [lo, hi] (or [log lo, log hi]) onto [-1, 1]:
-        depends on the record and the schema only."""
+        """Clip to the public bounds, then map [lo, hi] (or [log lo, log hi]) onto [-1, 1], or
+        standardise with the public ``center`` and ``scale``: depends on the record and the
+        schema only."""
         v = np.clip(np.asarray(values, dtype=np.float64), self.lo, self.hi)
         lo, hi = self.lo, self.hi
         if self.transform is Transform.LOG:
             v, lo, hi = np.log(v), math.log(lo), math.log(hi)
+        if self.center is not None and self.spread is not None:
+            return (v - self.center) / self.spread
         return 2.0 * (v - lo) / (hi - lo) - 1.0
 
 
@@ -216,7 +227,7 @@ def resolve_class_names(given: Sequence[str], schema: TableSchema | None) -> tup
 # ---- reading a schema file -------------------------------------------------------------------
 
 _TOP_KEYS = {"label", "class-names", "feature", "description"}
-_FEATURE_KEYS = {"name", "lo", "hi", "transform", "categories", "source", "note"}
+_FEATURE_KEYS = {"name", "lo", "hi", "transform", "center", "scale", "categories", "source", "note"}
 
 
 def load_schema(path: str | Path) -> TableSchema:
@@ -305,7 +316,14 @@ def _feature(entry: Any, src: str, i: int) -> Feature:
         ) from None
     if transform is Transform.LOG and lo <= 0:
         raise DataError(f"{src}: feature {name!r}: transform log needs lo > 0, got lo = {lo:g}")
-    return NumericFeature(name, lo, hi, transform)
+    if ("center" in entry) != ("scale" in entry):
+        raise DataError(f"{src}: feature {name!r}: center and scale go together (public standardisation)")
+    center = spread = None
+    if "center" in entry:
+        center, spread = (_bound(entry, key, name, src) for key in ("center", "scale"))
+        if not spread > 0:
+            raise DataError(f"{src}: feature {name!r}: scale must be > 0, got {spread:g}")
+    return NumericFeature(name, lo, hi, transform, center, spread)
 
 
 def _bound(entry: Mapping[str, Any], key: str, name: str, src: str) -> float:

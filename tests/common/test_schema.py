@@ -48,6 +48,15 @@ def test_transform_is_clip_and_scale_to_public_bounds(tmp_path: Path) -> None:
     np.testing.assert_allclose(size.scale(np.array([1.0, 10**1.5, 1000.0, 10**6])), [-1, 0, 1, 1])
 
 
+def test_public_standardisation_uses_the_schemas_center_and_scale(tmp_path: Path) -> None:
+    text = SCHEMA.replace('transform = "log"', 'transform = "log"\ncenter = 2.0\nscale = 0.5')
+    _, size = load_schema(_write(tmp_path / "s.toml", text)).features
+    np.testing.assert_allclose(
+        size.scale(np.array([100.0, 10**1.5, 10**6])),
+        [(np.log(100) - 2) / 0.5, (np.log(10**1.5) - 2) / 0.5, (np.log(1000) - 2) / 0.5],
+    )
+
+
 def test_shipped_schemas_load() -> None:
     for dataset, path in BUILTIN_SCHEMAS.items():
         schema = load_schema(path)
@@ -167,6 +176,8 @@ def test_a_table_without_a_schema_fails_closed_and_says_how_to_write_one(tmp_pat
         ("labels = 1\n", "unknown key 'labels'"),
         ('label = "y"\n', "no features"),
         ("lo = = 1\n", "not a readable TOML feature schema"),
+        ('[[feature]]\nname = "x"\nlo = 0\nhi = 1\ncenter = 0.5\n', "feature 'x': center and scale go together"),
+        ('[[feature]]\nname = "x"\nlo = 0\nhi = 1\ncenter = 0.5\nscale = 0\n', "feature 'x': scale must be > 0"),
     ],
 )
 def test_schema_errors_are_one_line_naming_file_feature_and_value(tmp_path: Path, body: str, expected: str) -> None:
