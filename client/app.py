@@ -88,7 +88,7 @@ def _simulation_policy(cfg: RunConfig, name: str, secret: bytes) -> SitePolicy:
         val_fraction=cfg.val_fraction,
         split_seed=derived_seed(secret, "split"),
         class_names=cfg.class_name_list,
-        feature_schema=getattr(cfg, "feature_schema", ""),
+        feature_schema=cfg.feature_schema,
         evaluation=Evaluation(cfg.site_evaluation),
         eval_noise_multiplier=cfg.eval_noise_multiplier,
         insecure_reproducible_noise=cfg.insecure_reproducible_noise,
@@ -176,12 +176,30 @@ def _dataset_meta(context: Context, cfg: RunConfig, settings: SiteSettings) -> D
     return DatasetMeta(str(rec["fingerprint"]), int(rec["records"]))
 
 
-def _job_target(cfg: RunConfig, policy: SitePolicy, prior_epsilon: float) -> float:
+def _entry_base(job: str, server_round: int, policy: SitePolicy, meta: DatasetMeta) -> dict:
+    """The fields every ledger entry of one request carries."""
+    return {
+        "job": job,
+        "server_round": server_round,
+        "source": policy.data_source,
+        "dataset": meta.fingerprint,
+        "records": meta.records,
+        "budget": {"epsilon": policy.epsilon, "delta": policy.delta},
+    }
+
+
+def _eval_refusal(site_id: int) -> MetricRecord:
+    """An evaluation answer that releases nothing."""
+    return MetricRecord({rk.SITE_ID: site_id, rk.EVAL_REFUSED: 1, rk.NUM_EXAMPLES: 0})
+
+
+def _job_target(cfg: RunConfig, policy: SitePolicy, prior: list[DpSgdEvent]) -> float:
     """The cumulative epsilon this job may reach: the site's lifetime budget, or less when the
-    server's job asks for less (a deployed site only: in a simulation the scenario is both)."""
+    server's job asks for less (a deployed site only: in a simulation the scenario is both).
+    ``prior`` is the source's spend before this job."""
     if policy.origin is Origin.SIMULATION:
         return policy.epsilon
-    return min(policy.epsilon, prior_epsilon + cfg.epsilon)
+    return min(policy.epsilon, epsilon(prior, delta=policy.delta) + cfg.epsilon)
 
 
 def _planned_evaluations(cfg: RunConfig, policy: SitePolicy) -> list[DpSgdEvent]:
@@ -203,7 +221,7 @@ def _noise_multiplier(
         return float(cached["sigma"]) if cached["sigma"] > 0 else None
     sample_rate, steps = sampling(meta.records, _plan(cfg))
     prior = ledger.spend(policy.data_source, exclude_job=job).events
-    target = _job_target(cfg, policy, epsilon(prior, delta=policy.delta))
+    target = _job_target(cfg, policy, prior)
     try:
         sigma = calibrate_noise(
             target_epsilon=target,
@@ -362,14 +380,7 @@ def _train_locked(
     meta = _dataset_meta(context, cfg, settings)
     budget = Budget(policy.epsilon, policy.delta)
     spend = ledger.spend(policy.data_source)
-    base = {
-        "job": job,
-        "server_round": server_round,
-        "source": policy.data_source,
-        "dataset": meta.fingerprint,
-        "records": meta.records,
-        "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
-    }
+    base = _entry_base(job, server_round, policy, meta)
 
     def refuse(reason: str, spent: float, *, reported: float | None = None) -> Message:
         """Record the refusal in the ledger (with ``spent``), then reply with it."""
@@ -421,7 +432,7 @@ def _train_locked(
         # A deployed site also holds the job to what its server asked for (a server-set noise
         # multiplier included): the job's cap, within the site's lifetime budget.
         prior = ledger.spend(policy.data_source, exclude_job=job).events
-        cap = Budget(_job_target(cfg, policy, epsilon(prior, delta=budget.delta)), budget.delta)
+        cap = Budget(_job_target(cfg, policy, prior), budget.delta)
         decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, cap)
         if not decision.allowed:
             return refuse(decision.reason, decision.spent)
@@ -505,8 +516,7 @@ def handle_evaluate(msg: Message, context: Context, cfg: RunConfig) -> Message:
     settings = site_settings(context, cfg)
     policy = settings.policy
     if policy is None or policy.evaluation is Evaluation.OFF:
-        metrics = MetricRecord({rk.SITE_ID: settings.site_id, rk.EVAL_REFUSED: 1, rk.NUM_EXAMPLES: 0})
-        return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)
+        return Message(RecordDict({rk.METRICS: _eval_refusal(settings.site_id)}), reply_to=msg)
     config = msg.content.get(rk.CONFIG) or ConfigRecord({})
     job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
     server_round = int(config.get(rk.SERVER_ROUND, 0))
@@ -531,21 +541,13 @@ def _evaluate_locked(
     meta = _dataset_meta(context, cfg, settings)
     budget = Budget(policy.epsilon, policy.delta)
     spend = ledger.spend(policy.data_source)
-    base = {
-        "job": job,
-        "server_round": server_round,
-        "source": policy.data_source,
-        "dataset": meta.fingerprint,
-        "records": meta.records,
-        "budget": {"epsilon": budget.epsilon, "delta": budget.delta},
-    }
-    refused = MetricRecord({rk.SITE_ID: settings.site_id, rk.EVAL_REFUSED: 1, rk.NUM_EXAMPLES: 0})
+    base = _entry_base(job, server_round, policy, meta)
     if policy.evaluation is Evaluation.DP:
         event = DpSgdEvent(policy.eval_noise_multiplier, 1.0, 1)
         decision = decide(spend.events, event, budget)
         if spend.non_private_jobs or not decision.allowed:
             ledger.record_refusal(**base, reason=f"evaluation: {decision.reason}", spent=decision.spent)
-            return Message(RecordDict({rk.METRICS: refused}), reply_to=msg)
+            return Message(RecordDict({rk.METRICS: _eval_refusal(settings.site_id)}), reply_to=msg)
         randomness = _randomness(cfg, policy, settings.site_id, server_round)
         ledger.record_evaluation(
             **base,

@@ -21,12 +21,6 @@ def arrays_sha256(named: Iterable[tuple[str, np.ndarray]]) -> str:
     return digest.hexdigest()
 
 
-def dataset_fingerprint(data: Dataset) -> str:
-    """Content fingerprint of a site's training records: the same records give the same
-    fingerprint in every job, so a budget spans every job ever run on them."""
-    return arrays_sha256([("x", data.x), ("y", data.y)])
-
-
 def salted_fingerprint(secret: bytes, *parts: Dataset) -> str:
     """HMAC-SHA256 of the records under the site's secret: the same records give the same
     fingerprint at this site (so a changed file is noticed), while the ledger reveals nothing
