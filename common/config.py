@@ -324,7 +324,7 @@ class RunConfig:
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"{source}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
-            changes[known[key].name] = _coerce(value, type(getattr(self, known[key].name)), key, source)
+            changes[known[key].name] = coerce_value(value, type(getattr(self, known[key].name)), key, source)
         try:
             return dataclasses.replace(self, **changes)
         except ConfigError as exc:
@@ -344,7 +344,9 @@ def _int_list(value: str) -> tuple[int, ...]:
     return tuple(int(v) for v in value.split(",") if v.strip())
 
 
-def _coerce(value: Any, target: type, key: str, source: str) -> Any:
+def coerce_value(value: Any, target: type, key: str, source: str) -> Any:
+    """``value`` as ``target`` (bool, int, float or str), accepting the string forms a command
+    line or node config gives; a wrong type raises naming ``source`` and ``key``."""
     if target is bool:
         if isinstance(value, bool):
             return value

@@ -27,6 +27,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from common.config import coerce_value
 from common.errors import ConfigError
 
 SECRET_FILE = "site.secret"
@@ -158,7 +159,7 @@ def from_mapping(values: Mapping[str, Any], *, source: str, secret: bytes, origi
             f"{source}: no budget-epsilon: this site has no privacy budget and refuses to train "
             "(set budget-epsilon in its node config or its site-policy file)"
         )
-    typed = {k: _coerce(v, _KEYS[k], k, source) for k, v in values.items()}
+    typed = {k: coerce_value(v, _KEYS[k], k, source) for k, v in values.items()}
     try:
         evaluation = Evaluation(typed.get("evaluation", Evaluation.OFF.value))
     except ValueError:
@@ -196,26 +197,3 @@ def read_policy_file(path: Path) -> dict[str, Any]:
 def _check(ok: bool, key: str, rule: str, value: object) -> None:
     if not ok:
         raise ConfigError(f"{key} {rule}, got {value!r}")
-
-
-def _coerce(value: Any, target: type, key: str, source: str) -> Any:
-    if target is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false"}:
-            return value.lower() == "true"
-    elif target is int and not isinstance(value, bool):
-        try:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
-            pass
-    elif target is float and not isinstance(value, bool):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            pass
-    elif target is str:
-        return str(value)
-    raise ConfigError(f"{source}: {key} must be a {target.__name__}, got {value!r}")
