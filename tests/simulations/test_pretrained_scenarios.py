@@ -69,12 +69,16 @@ def test_full_fine_tune_sends_the_whole_model(tmp_path: Path, tiny_text_model: P
 
 
 def test_clinical_notes_with_pretrained_minilm(tmp_path: Path) -> None:
-    """The shipped scenario with the real MiniLM-L6 weights (the minilm extra), small: a round
-    of DP LoRA already routes notes far better than chance (0.25)."""
-    cfg = load_scenario("clinical-notes").replace(synthetic_records=400, sites=2, rounds=1, out=str(tmp_path / "run"))
+    """The shipped scenario with the real MiniLM-L6 weights (the minilm extra), small: two rounds
+    of DP LoRA route notes far better than chance (0.25).
+
+    The noise is secret, so every run differs: measured 0.52-0.71 over runs of these settings
+    (one round gave 0.40-0.70, too wide to test). 0.45 is above what a chance router reaches on
+    the 120 test notes at 99.9% (binomial, about 0.37)."""
+    cfg = load_scenario("clinical-notes").replace(synthetic_records=600, sites=2, rounds=2, out=str(tmp_path / "run"))
     m = _run(cfg)
     assert m["model"]["parameters"] > 20_000_000 and m["model"]["update_bytes"] < 1_000_000
-    assert m["final"]["accuracy"] > 0.5
+    assert m["final"]["accuracy"] > 0.45
     _audited(tmp_path / "run")
 
 
