@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from audit.crosscheck import cross_check
 from audit.recompute import ABS_TOL, REL_TOL, recompute
 from audit.report import AuditResult, plot, to_json, to_text
-from audit.trust import load_trust
+from audit.trust import AuditInputError, load_trust
 from audit.verify import discover, load
 
 
@@ -48,6 +49,7 @@ def run_audit(
 ) -> AuditResult:
     """Audit the ledgers under ``paths`` with the trusted keys in ``keys_dir`` and/or the
     pinned ``fingerprints``; raises :class:`audit.trust.AuditInputError` on unusable inputs."""
+    _check_inputs(keys_dir, fingerprints, abs_tol, rel_tol)
     found = discover(paths)
     trust = load_trust(keys_dir, fingerprints, found.audited, found.key_search)
     ledgers = [load(p, trust) for p in found.ledgers]
@@ -60,6 +62,18 @@ def run_audit(
             problems += site_problems
     problems += cross_check(ledgers)
     return AuditResult(ledgers, spends, problems)
+
+
+def _check_inputs(keys_dir: Path | None, fingerprints: Path | None, abs_tol: float, rel_tol: float) -> None:
+    """The auditor's own inputs, before any ledger is read (a wrong path is exit 2, not a finding)."""
+    if keys_dir is not None and not keys_dir.is_dir():
+        what = "is a file, not a folder of trusted keys" if keys_dir.exists() else "trusted keys folder not found"
+        raise AuditInputError(f"--keys {keys_dir}: {what}")
+    if fingerprints is not None and not fingerprints.is_file():
+        raise AuditInputError(f"--trusted-fingerprints {fingerprints}: trusted fingerprints file not found")
+    for flag, value in (("--abs-tol", abs_tol), ("--rel-tol", rel_tol)):
+        if not (value >= 0 and math.isfinite(value)):
+            raise AuditInputError(f"{flag} must be a finite number >= 0, got {value!r}")
 
 
 def main(args: argparse.Namespace) -> int:

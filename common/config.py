@@ -29,6 +29,15 @@ class Strategy(StrEnum):
     MULTI_KRUM = "multi-krum"
 
 
+# Upper bounds, so that a typo is an error and not a plan nobody can run or trust.
+MAX_EPSILON = 100.0  # e^100: no reading of (epsilon, delta)-DP protects anyone beyond; the PRV arithmetic overflows
+MAX_ROUNDS = 10_000
+MAX_LOCAL_EPOCHS = 1_000.0
+MAX_NOISE_MULTIPLIER = 1e4
+MAX_LEARNING_RATE = 1e3  # beyond, SGD diverges on every shipped model; loss overflows long before 1e30
+MAX_SEED = 2**32 - 1
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole federated run. Epsilon is per site, for the whole job, at ``delta``; the unit of
@@ -122,6 +131,9 @@ class RunConfig:
     # INSECURE, tests and papers only: noise and sampling derived from the public seed. The
     # ledger records it and `fedshield audit` reports the run as not private.
     insecure_reproducible_noise: bool = False
+    # A round in which no site answered (every reply an error) is a failed round; after this many
+    # in a row the job ends with the sites' reason instead of retrying for ever.
+    max_failed_rounds: int = 3
     # bookkeeping
     state_dir: str = ""  # where sites and server keep keys and ledgers; "" = inside `out`
     resume: bool = False  # continue the job in the server's checkpoint (after a crash or stop)
@@ -134,13 +146,27 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name.replace('_', '-')} must be a finite number, got {value!r}")
         _check(self.sites >= 1, "sites", "must be >= 1", self.sites)
-        _check(self.rounds >= 1, "rounds", "must be >= 1", self.rounds)
+        _check(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in 1..{MAX_ROUNDS}", self.rounds)
         _check(self.epsilon > 0, "epsilon", "must be > 0", self.epsilon)
+        _check(
+            self.epsilon <= MAX_EPSILON,
+            "epsilon",
+            f"must be <= {MAX_EPSILON:g} (beyond that (epsilon, delta)-DP protects no one)",
+            self.epsilon,
+        )
+        _check(0 <= self.seed <= MAX_SEED, "seed", f"must be in 0..{MAX_SEED}", self.seed)
+        _check(self.max_failed_rounds >= 1, "max-failed-rounds", "must be >= 1", self.max_failed_rounds)
         _check(0 < self.delta < 1, "delta", "must be in (0, 1)", self.delta)
         _check(
             self.noise_multiplier >= 0,
             "noise-multiplier",
             "must be >= 0 (0 = calibrate to epsilon)",
+            self.noise_multiplier,
+        )
+        _check(
+            self.noise_multiplier <= MAX_NOISE_MULTIPLIER,
+            "noise-multiplier",
+            f"must be <= {MAX_NOISE_MULTIPLIER:g}",
             self.noise_multiplier,
         )
         _check(self.max_grad_norm > 0, "max-grad-norm", "must be > 0", self.max_grad_norm)
@@ -159,9 +185,19 @@ class RunConfig:
         _check(0 <= self.fraction_evaluate <= 1, "fraction-evaluate", "must be in [0, 1]", self.fraction_evaluate)
         _check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0", self.proximal_mu)
         _check(self.server_learning_rate > 0, "server-learning-rate", "must be > 0", self.server_learning_rate)
-        _check(self.local_epochs > 0, "local-epochs", "must be > 0", self.local_epochs)
+        _check(
+            0 < self.local_epochs <= MAX_LOCAL_EPOCHS,
+            "local-epochs",
+            f"must be in (0, {MAX_LOCAL_EPOCHS:g}]",
+            self.local_epochs,
+        )
         _check(self.batch_size >= 1, "batch-size", "must be >= 1", self.batch_size)
-        _check(self.learning_rate > 0, "learning-rate", "must be > 0", self.learning_rate)
+        _check(
+            0 < self.learning_rate <= MAX_LEARNING_RATE,
+            "learning-rate",
+            f"must be in (0, {MAX_LEARNING_RATE:g}]",
+            self.learning_rate,
+        )
         _check(self.synthetic_records >= 10, "synthetic-records", "must be >= 10", self.synthetic_records)
         _check(
             self.partition in {"iid", "dirichlet", "quantity"},
@@ -251,17 +287,27 @@ class RunConfig:
             budgets = self.budgets
         except ValueError:
             raise ConfigError(f"site-budgets must look like 'site-0=0.5,site-3=2', got {self.site_budgets!r}") from None
+        names = [f"site-{i}" for i in range(self.sites)]
         for site, eps in budgets.items():
+            _check(
+                site in names,
+                "site-budgets",
+                f"names no simulated site (the sites are {', '.join(names[:5])}{', ...' if len(names) > 5 else ''})",
+                site,
+            )
             _check(eps > 0 and math.isfinite(eps), "site-budgets", f"epsilon of {site} must be > 0", eps)
+            _check(eps <= MAX_EPSILON, "site-budgets", f"epsilon of {site} must be <= {MAX_EPSILON:g}", eps)
 
     # Derived, typed views -------------------------------------------------------------
     @property
     def budgets(self) -> dict[str, float]:
-        out = {}
+        out: dict[str, float] = {}
         for item in filter(None, (part.strip() for part in self.site_budgets.split(","))):
             site, sep, value = item.partition("=")
             if not sep or not site.strip():
                 raise ValueError(item)
+            if site.strip() in out:
+                raise ConfigError(f"site-budgets names {site.strip()} twice, got {self.site_budgets!r}")
             out[site.strip()] = float(value)
         return out
 

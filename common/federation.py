@@ -49,6 +49,19 @@ class SiteData:
 
 
 _TABLES = {"sklearn:breast_cancer", "synthetic:credit", "csv"}
+# Every dataset kind load_source knows (the CLI's --help lists these).
+DATASET_KINDS = (
+    "sklearn:breast_cancer",
+    "sklearn:digits",
+    "synthetic:credit",
+    "synthetic:notes",
+    "csv",
+    "npz",
+    "image-folder",
+    "text",
+)
+# The user's own records: with them, the partition is an even split unless asked otherwise.
+USER_DATA_KINDS = ("csv", "npz", "image-folder", "text")
 
 
 def table_schema(cfg: RunConfig) -> TableSchema | None:
@@ -71,6 +84,8 @@ def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
     kind, _, name = cfg.dataset.partition(":")
     classes = cfg.class_name_list
     schema = table_schema(cfg)
+    if cfg.dataset not in DATASET_KINDS:
+        raise ConfigError(f"dataset must be one of {', '.join(DATASET_KINDS)}, got {cfg.dataset!r}")
     if kind == "sklearn":
         return load_sklearn(name, schema=schema, class_names=classes), None
     if cfg.dataset == "synthetic:credit":
@@ -80,7 +95,7 @@ def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
     if cfg.dataset == "synthetic:notes":
         table = synthetic_notes(cfg.synthetic_records, seed=cfg.seed)
         return _tokenized(cfg, table, classes=DEPARTMENTS), None
-    if cfg.dataset in {"csv", "npz", "image-folder", "text"} and not cfg.data_path:
+    if cfg.dataset in USER_DATA_KINDS and not cfg.data_path:
         raise ConfigError(f"dataset {cfg.dataset!r} needs data-path (--data-path)")
     if cfg.dataset == "csv":
         if not cfg.label_column and not (schema and schema.label):
@@ -100,10 +115,7 @@ def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
     if cfg.dataset == "text":
         table = read_text_table(cfg.data_path, text_field=cfg.text_field, label_field=cfg.label_field)
         return _tokenized(cfg, table), None
-    raise ConfigError(
-        f"dataset must be one of sklearn:breast_cancer, sklearn:digits, synthetic:credit, synthetic:notes, csv, "
-        f"npz, image-folder, text, got {cfg.dataset!r}"
-    )
+    raise AssertionError(f"dataset kind {cfg.dataset!r} is listed but has no loader")
 
 
 def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) -> Dataset:

@@ -75,16 +75,22 @@ def load_csv(
     """
     path = Path(path)
     require_file(path)
+    # utf-8-sig: a byte-order mark (Excel's default for "CSV UTF-8") is dropped, not read as
+    # part of the first column's name.
+    reader = None
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.reader(fh)
             try:
                 header = [h.strip() for h in next(reader)]
             except StopIteration:
                 raise DataError(f"{path}: file is empty") from None
-            rows = [(i + 2, row) for i, row in enumerate(reader) if any(c.strip() for c in row)]
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except csv.Error as exc:  # a field over the csv module's size limit, a NUL byte, ...
+        line = reader.line_num if reader is not None else 1
+        raise DataError(f"{path}: line {line}: not a readable CSV row ({exc})") from None
     return table_from_rows(
         header,
         rows,
@@ -143,6 +149,9 @@ def read_cells(
     """Check every cell (count, missing, numeric, finite) and keep them unprocessed: numeric
     columns as floats, ``categorical_columns`` and the label as text."""
     header = list(header)
+    blank = [i + 1 for i, h in enumerate(header) if not h]
+    if blank:
+        raise DataError(f"{source}: column {blank[0]} of the header has no name")
     if label_column not in header:
         raise DataError(f"{source}: label column {label_column!r} not found; columns are {', '.join(header)}")
     if len(set(header)) != len(header):
@@ -153,6 +162,8 @@ def read_cells(
             raise DataError(f"{source}: categorical column {col!r} not found; columns are {', '.join(header)}")
     if label_column in categorical_columns:
         raise DataError(f"{source}: column {label_column!r} cannot be both the label and a feature")
+    if len(header) == 1:
+        raise DataError(f"{source}: no feature columns: the header holds only the label column {label_column!r}")
     rows = list(rows)
     if not rows:
         raise DataError(f"{source}: no data rows")

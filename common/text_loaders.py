@@ -45,7 +45,7 @@ def read_text_table(path: str | Path, *, text_field: str = "text", label_field: 
     if text_field == label_field:
         raise DataError(f"{path}: text-field and label-field are both {text_field!r}")
     try:
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")  # a byte-order mark is dropped
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     rows = _csv_rows(path, content) if suffix == ".csv" else _jsonl_rows(path, content)
@@ -65,10 +65,13 @@ def _csv_rows(path: Path, content: str) -> list[tuple[int, dict]]:
     if not reader.fieldnames:
         raise DataError(f"{path}: empty file (expected a header row)")
     rows = []
-    for row in reader:
-        if None in row:
-            raise DataError(f"{path}: line {reader.line_num}: more cells than header columns")
-        rows.append((reader.line_num, row))
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(f"{path}: line {reader.line_num}: more cells than header columns")
+            rows.append((reader.line_num, row))
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: not a readable CSV row ({exc})") from None
     return rows
 
 

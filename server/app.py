@@ -30,7 +30,7 @@ from common.models import (
 )
 from server import checkpoint, report, secagg
 from server.server_ledger import ServerLedger, simulation_paths
-from server.tracking import SiteTracking
+from server.tracking import JobStopped, SiteTracking
 
 
 def _stderr(line: str) -> None:
@@ -172,6 +172,7 @@ def run_server(
         round_offset=done,
         on_round_end=save_checkpoint,
         frozen_sha256=frozen_sha256(model),
+        max_failed_rounds=cfg.max_failed_rounds,
     )
     if ckpt is not None:
         tracking.rounds = ckpt.rounds
@@ -187,14 +188,17 @@ def run_server(
             evaluate_fn=central_evaluation(cfg, tracking),
         )
     else:
-        result = tracking.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=max(cfg.rounds - done, 0),
-            train_config=ConfigRecord({}),
-            evaluate_fn=central_evaluation(cfg, tracking),
-        )
-        final = result.arrays or initial
+        try:
+            result = tracking.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=max(cfg.rounds - done, 0),
+                train_config=ConfigRecord({}),
+                evaluate_fn=central_evaluation(cfg, tracking),
+            )
+            final = result.arrays or initial
+        except JobStopped:
+            final = tracking.latest or initial
     # Counted after the rounds: at start-up not every site may have connected yet.
     seen = [site for log in tracking.rounds for part in (log.train, log.refusals, log.rejections) for site in part]
     num_sites = max(len(list(grid.get_node_ids())), max(seen, default=-1) + 1)
@@ -204,6 +208,7 @@ def run_server(
         num_sites=num_sites,
         job=job,
         stopped_after=tracking.stopped_after,
+        stop_reason=tracking.stop_reason,
         model=model_summary(cfg, model),
     )
     report.write_metrics(out, metrics)

@@ -29,6 +29,7 @@ def build_metrics(
     num_sites: int,
     job: str = "",
     stopped_after: int | None = None,
+    stop_reason: str = "",
     model: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metrics document: one entry per round, and a ``final`` section."""
@@ -79,6 +80,10 @@ def build_metrics(
         "scenario": cfg.scenario,
         "job": job,
         "stopped_after_round": stopped_after,
+        "stop_reason": stop_reason or None,
+        # replies that were errors (a site that crashed, timed out or could not read its state)
+        "failures": sum(len(log.failures) for log in rounds),
+        "failed_rounds": sum(1 for log in rounds if log.failures and not (log.train or log.refusals or log.rejections)),
         "dp": cfg.dp,
         "accountant": "prv" if cfg.dp else None,
         "unit_of_privacy": "one record at one site (add/remove-one)",

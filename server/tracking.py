@@ -70,6 +70,11 @@ def arrays_nbytes(arrays: ArrayRecord) -> int:
     return sum(len(a.data) for a in arrays.values())
 
 
+class JobStopped(Exception):
+    """Raised from ``configure_train`` once the job is over (every site refused, or too many
+    failed rounds): Flower's round loop ends there instead of idling through the rest."""
+
+
 class SiteTracking(Strategy):
     """Delegates every decision to ``inner``; records per-site replies round by round."""
 
@@ -85,8 +90,13 @@ class SiteTracking(Strategy):
         round_offset: int = 0,
         on_round_end: Callable[[int, ArrayRecord], None] | None = None,
         frozen_sha256: str = "",
+        max_failed_rounds: int = 3,
     ) -> None:
         self.inner = inner
+        self.max_failed_rounds = max_failed_rounds
+        self.failed_in_a_row = 0
+        self.stop_reason = ""
+        self.latest: ArrayRecord | None = None  # the global model after the last aggregated round
         self.frozen_sha256 = frozen_sha256  # sent with every round when part of the model is frozen
         self.offset = round_offset  # rounds already completed before a resume
         self.on_round_end = on_round_end
@@ -96,7 +106,8 @@ class SiteTracking(Strategy):
         self.job = job
         self.ledger = ledger
         self.rounds: list[RoundLog] = []
-        self.exhausted: set[int] = set()  # node ids of sites that refused for lack of budget
+        self.exhausted: set[int] = set()  # node ids of sites that refused (they would only refuse again)
+        self.refusal_reasons: dict[int, str] = {}  # node id -> the site's last refusal reason
         self.stopped_after: int | None = None
         self._asked: list[int] = []
         self._progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -120,9 +131,25 @@ class SiteTracking(Strategy):
     def should_stop(self, server_round: int, grid: Grid) -> bool:
         """True (and the job is marked stopped) once every site has refused for lack of budget."""
         if not self.stopped and self.exhausted and self.exhausted >= set(grid.get_node_ids()):
-            self.stopped_after = server_round - 1
-            self._progress(f"stopping after round {server_round - 1}: every site has refused (budget exhausted)")
+            reasons = sorted(set(self.refusal_reasons.values()))
+            more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+            self.stop(server_round - 1, f"every site has refused; {reasons[0]}{more}")
         return self.stopped
+
+    def stop(self, after_round: int, reason: str) -> None:
+        self.stopped_after, self.stop_reason = after_round, reason
+        self._progress(f"stopping after round {after_round}: {reason}")
+
+    def _count_failed_round(self, server_round: int, log: RoundLog) -> None:
+        """A round in which no site trained, refused or was rejected, only failed (errors or no
+        reply at all): after ``max_failed_rounds`` of them in a row the job stops with the reason."""
+        if log.train or log.refusals or log.rejections:
+            self.failed_in_a_row = 0
+            return
+        self.failed_in_a_row += 1
+        if self.failed_in_a_row >= self.max_failed_rounds:
+            why = log.failures[0] if log.failures else "no site replied"
+            self.stop(server_round, f"{self.failed_in_a_row} failed rounds in a row (max-failed-rounds); last: {why}")
 
     def asked(self, server_round: int, nodes: list[int]) -> None:
         self._asked = list(nodes)
@@ -159,8 +186,10 @@ class SiteTracking(Strategy):
     ) -> Iterable[Message]:
         server_round += self.offset
         self.round_started()
+        if self.latest is None:
+            self.latest = arrays
         if self.should_stop(server_round, grid):
-            return []
+            raise JobStopped(self.stop_reason)
         config[rk.JOB_ID] = self.job
         if self.frozen_sha256:
             config[rk.FROZEN_SHA256] = self.frozen_sha256
@@ -195,6 +224,7 @@ class SiteTracking(Strategy):
                 refusal = msg.content[rk.REFUSAL]
                 log.refusals[site_id] = str(refusal[rk.REASON])
                 self.exhausted.add(node)
+                self.refusal_reasons[node] = str(refusal[rk.REASON])
                 refused.append({"site": str(refusal[rk.SITE_NAME]), "node": node, "reason": str(refusal[rk.REASON])})
                 continue
             report = msg.content[rk.SITE_REPORT] if rk.SITE_REPORT in msg.content else None
@@ -222,6 +252,9 @@ class SiteTracking(Strategy):
         self.record_round(
             server_round, updated=updated, refused=refused, dropped=dropped, rejected=rejected, aggregate=arrays
         )
+        if arrays is not None:
+            self.latest = arrays
+        self._count_failed_round(server_round, log)
         return arrays, metrics
 
     def configure_evaluate(

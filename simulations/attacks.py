@@ -4,7 +4,8 @@ ledger still records its honest update, so ``fedshield audit`` flags the tamperi
 
 Spec: ``"site-2:scale=-10"`` sends ``global + (-10) * (local - global)`` from site 2
 (``scale=-1`` is a sign flip), ``"site-0:nan"`` sends NaNs, ``"site-3:drop=2"`` makes site 3
-crash in round 2 (mid-protocol under secure aggregation). Several: comma-separated.
+crash in round 2 (mid-protocol under secure aggregation), ``"site-1:crash"`` makes site 1 crash
+in every round (a site that fails for good). Several: comma-separated.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from common.errors import ConfigError
 class Attack:
     site: int
     scale: float | None  # None: send NaNs
-    drop_round: int = 0  # > 0: the site drops out (crashes) in that round instead
+    drop_round: int = 0  # > 0: the site drops out (crashes) in that round instead; EVERY_ROUND: in all
+
+
+EVERY_ROUND = -1
 
 
 def parse_attacks(spec: str) -> dict[int, Attack]:
@@ -34,6 +38,8 @@ def parse_attacks(spec: str) -> dict[int, Attack]:
             site_id = int(site.removeprefix("site-"))
             if how == "nan":
                 attacks[site_id] = Attack(site_id, None)
+            elif how == "crash":
+                attacks[site_id] = Attack(site_id, None, drop_round=EVERY_ROUND)
             elif how.startswith("drop="):
                 attacks[site_id] = Attack(site_id, None, drop_round=int(how.removeprefix("drop=")))
             elif how.startswith("scale="):
@@ -42,7 +48,8 @@ def parse_attacks(spec: str) -> dict[int, Attack]:
                 raise ValueError(how)
         except ValueError:
             raise ConfigError(
-                f"attack must look like 'site-2:scale=-10', 'site-0:nan' or 'site-3:drop=2', got {item!r}"
+                f"attack must look like 'site-2:scale=-10', 'site-0:nan', 'site-3:drop=2' or 'site-1:crash', "
+                f"got {item!r}"
             ) from None
     return attacks
 
@@ -54,10 +61,13 @@ def _maybe_drop(msg: Message, attack: Attack) -> None:
 
     if RECORD_KEY_CONFIGS in msg.content:
         stage = msg.content[RECORD_KEY_CONFIGS].get(Key.STAGE)
-        if msg.metadata.group_id == str(attack.drop_round) and stage == Stage.COLLECT_MASKED_VECTORS:
-            raise RuntimeError(f"site-{attack.site} dropped out in round {attack.drop_round}")
-    elif rk.CONFIG in msg.content and int(msg.content[rk.CONFIG].get(rk.SERVER_ROUND, 0)) == attack.drop_round:
-        raise RuntimeError(f"site-{attack.site} dropped out in round {attack.drop_round}")
+        this_round = attack.drop_round == EVERY_ROUND or msg.metadata.group_id == str(attack.drop_round)
+        if this_round and stage == Stage.COLLECT_MASKED_VECTORS:
+            raise RuntimeError(f"site-{attack.site} dropped out in round {msg.metadata.group_id}")
+    elif rk.CONFIG in msg.content:
+        server_round = int(msg.content[rk.CONFIG].get(rk.SERVER_ROUND, 0))
+        if attack.drop_round in (EVERY_ROUND, server_round):
+            raise RuntimeError(f"site-{attack.site} dropped out in round {server_round}")
 
 
 def attack_mod(spec: str) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:

@@ -10,11 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from audit import cli as audit_cli
-from common.config import RunConfig
+from common.config import RunConfig, Strategy
 from common.errors import FedshieldError
+from common.federation import DATASET_KINDS
+from common.partition import PartitionKind
 from simulations import keys_cli, scenarios
 
 # CLI flag -> config key; every flag is optional and overrides the scenario file.
@@ -26,11 +28,11 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "noise-multiplier": (float, "use this noise multiplier instead of calibrating to --epsilon"),
     "max-grad-norm": (float, "per-example clipping bound"),
     "seed": (int, "seed for partitioning, initialisation and noise"),
-    "strategy": (str, "fedavg, fedprox or fedadam"),
+    "strategy": (str, ", ".join(s.value for s in Strategy)),
     "fraction-train": (float, "fraction of sites sampled per round"),
-    "partition": (str, "iid, dirichlet or quantity"),
+    "partition": (str, ", ".join(k.value for k in PartitionKind) + " (a user's own data: iid unless given)"),
     "alpha": (float, "Dirichlet concentration for label/quantity skew"),
-    "dataset": (str, "sklearn:breast_cancer, sklearn:digits, synthetic:credit, csv, npz, image-folder"),
+    "dataset": (str, ", ".join(DATASET_KINDS)),
     "data-path": (str, "data file or folder for csv / npz / image-folder"),
     "label-column": (str, "label column of a CSV file"),
     "site-budgets": (str, "per-site epsilon budgets overriding --epsilon, e.g. site-0=0.5,site-3=2"),
@@ -41,8 +43,16 @@ _FLAGS: dict[str, tuple[type, str]] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one ``fedshield: error: ...`` line (exit 2), like
+    every other input error; ``--help`` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"fedshield: error: {self.prog.removeprefix('fedshield').strip() or 'usage'}: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fedshield", description="Privacy-preserving federated learning.")
+    parser = _OneLineParser(prog="fedshield", description="Privacy-preserving federated learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run a scenario with simulated sites on this machine")
     sim.add_argument(
@@ -124,8 +134,15 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
         for site, s in final["sites"].items():
             records = s["records"] if s["records"] is not None else "-"
             lines.append(f"{site:>4}  {records:>7}  none (trained without DP)")
+    if metrics.get("failures"):
+        first = next(f for r in metrics["rounds"] for f in r["failures"])
+        lines.append(
+            f"{metrics['failures']} site replies failed ({metrics.get('failed_rounds', 0)} rounds with no answer); "
+            f"first: {first}"
+        )
     if metrics.get("stopped_after_round") is not None:
-        lines.append(f"stopped after round {metrics['stopped_after_round']}: every site refused (budget exhausted)")
+        reason = metrics.get("stop_reason") or "every site refused (budget exhausted)"
+        lines.append(f"stopped after round {metrics['stopped_after_round']}: {reason}")
     where = metrics["accuracy_scored_on"]
     label = "private model" if metrics["dp"] else "non-private model"
     if final["accuracy"] is not None:
@@ -165,6 +182,12 @@ def _simulate(args: argparse.Namespace) -> int:
             f"the run without DP released the same records with no guarantee ({baseline_cfg.out}): "
             f"the audit of {cfg.state_path} says NOT PRIVATE"
         )
+    if metrics.get("failures"):
+        print(
+            f"fedshield: the job ended with {metrics['failures']} failed site replies (see the summary)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

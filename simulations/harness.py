@@ -50,6 +50,25 @@ def check_inputs(cfg: RunConfig) -> None:
     build_model(model_spec(cfg), seed=cfg.seed)  # pretrained weights: read (and checked) once, here
     server_test_set(cfg)
     site_partitions(cfg, cfg.sites)
+    check_folders(cfg)
+
+
+def check_folders(cfg: RunConfig) -> None:
+    """The output and state folders (and the auditor's key folder beside the state) exist or
+    can be created, and can be written; with ``resume``, there is a checkpoint to resume."""
+    from common.paths import writable_folder
+    from server.checkpoint import CHECKPOINT_FILE
+
+    writable_folder(cfg.out, "--out")
+    if cfg.state_dir:
+        writable_folder(cfg.state_dir, "--state-dir")
+    writable_folder(trusted_keys_path(cfg), "the auditor's key folder")
+    if cfg.resume:
+        ckpt = Path(cfg.state_path) / "server" / CHECKPOINT_FILE
+        if not ckpt.is_file():
+            raise FedshieldError(
+                f"--resume: no checkpoint in {ckpt.parent} (nothing to resume; run without --resume to start a job)"
+            )
 
 
 STATE_PARTS = ("keys", "sites", "server")
@@ -152,6 +171,7 @@ def simulate(
     from client.app import make_client_app
     from server.app import make_server_app
     from simulations.attacks import attack_mod, parse_attacks
+    from simulations.watchdog import leave_nothing_behind
 
     check_inputs(cfg)
     parse_attacks(cfg.attack)
@@ -168,12 +188,13 @@ def simulate(
     for handler in flwr_logger.handlers:
         handler.addFilter(notice_filter)
     try:
-        run_simulation(
-            server_app=make_server_app(cfg, progress=progress),
-            client_app=make_client_app(site_cfg or cfg, mods=[attack_mod(cfg.attack)] if cfg.attack else None),
-            num_supernodes=cfg.sites,
-            backend_config=_backend_config(cfg),
-        )
+        with leave_nothing_behind():  # no Ray process outlives this run, even after kill -9
+            run_simulation(
+                server_app=make_server_app(cfg, progress=progress),
+                client_app=make_client_app(site_cfg or cfg, mods=[attack_mod(cfg.attack)] if cfg.attack else None),
+                num_supernodes=cfg.sites,
+                backend_config=_backend_config(cfg),
+            )
     finally:
         flwr_logger.setLevel(level)
         for handler in flwr_logger.handlers:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.crypto import keys
 from common.errors import ConfigError
+from common.paths import writable_folder
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,9 +59,11 @@ def _names(sites: str, server: bool) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     private_dir, public_dir = args.dir / "private", args.dir / "public"
     if args.keys_command == "create":
+        names = _names(args.sites, args.server)
+        writable_folder(args.dir, "--dir")
         private_dir.mkdir(parents=True, exist_ok=True)
         private_dir.chmod(0o700)
-        for name in _names(args.sites, args.server):
+        for name in names:
             existed = (private_dir / f"{name}{keys.PRIVATE_SUFFIX}").exists()
             key = keys.create_pair(
                 private_dir / f"{name}{keys.PRIVATE_SUFFIX}", public_dir / f"{name}{keys.PUBLIC_SUFFIX}"
@@ -80,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
     pubs = sorted(public_dir.glob(f"*{keys.PUBLIC_SUFFIX}"))
     if not pubs:
         raise ConfigError(f"{public_dir}: no public keys to export (run 'fedshield keys create' first)")
-    args.to.mkdir(parents=True, exist_ok=True)
+    writable_folder(args.to, "--to")
     for pub in pubs:
         keys.load_public(pub)  # refuse to export something that is not a public key
         shutil.copyfile(pub, args.to / pub.name)

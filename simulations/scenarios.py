@@ -24,6 +24,8 @@ def scenario_path(name: str) -> Path:
     """A scenario by name (from the shipped folder) or by path to a ``.toml`` file."""
     if name.endswith(".toml") or "/" in name:
         path = Path(name)
+        if path.is_dir():
+            raise ConfigError(f"--scenario {path}: a folder, not a scenario file (.toml)")
         if not path.is_file():
             raise ConfigError(f"{path}: scenario file not found")
         return path
@@ -39,6 +41,8 @@ def load_scenario(name: str) -> RunConfig:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     values.pop("description", None)
     nested = [k for k, v in values.items() if isinstance(v, dict)]
     if nested:

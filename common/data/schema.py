@@ -351,7 +351,7 @@ def schema_template(csv_path: str | Path, label_column: str = "") -> str:
     the operator writes public bounds (or replaces them by ``categories``)."""
     path = Path(csv_path)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             header = [h.strip() for h in next(csv.reader(fh), [])]
     except FileNotFoundError:
         raise DataError(f"{path}: data file not found") from None

@@ -85,3 +85,40 @@ def test_killed_mid_job_then_a_new_job_passes_the_audit(tmp_path: Path) -> None:
     assert after[: len(before)] == before  # nothing the killed job spent was forgotten
     audit = run_audit([state], trusted_keys_for(state))
     assert audit.ok, [str(p) for p in audit.problems if p.fatal]
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_only_the_main_process_leaves_no_worker_behind(tmp_path: Path, how: signal.Signals) -> None:
+    """kill -9 (or a timeout's SIGTERM) of the main process alone, as a user or a scheduler
+    does it: every process the run started is gone soon after, and no site writes to its
+    ledger any more."""
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--sites", "2", "--rounds", "200"]
+    cmd += ["--state-dir", str(state), "--out", str(tmp_path / "run")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ledger = state / "sites" / "site-0" / "ledger.jsonl"
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while _kinds(ledger).count("reserve") < 2:  # Ray's workers are training
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no second round within 240 s"
+            time.sleep(0.05)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("ray" in " ".join(p.cmdline()).lower() for p in started), "no Ray process to watch"
+        os.kill(proc.pid, how)  # the main process only
+        proc.wait(timeout=30)
+        _, alive = psutil.wait_procs(started, timeout=60)
+        survivors = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        assert not survivors, [" ".join(p.cmdline())[:120] for p in survivors]
+        entries = len(_kinds(ledger))
+        time.sleep(3)
+        assert len(_kinds(ledger)) == entries, "a site kept training after the run was killed"
+    finally:
+        for p in started:  # clean up by process id whatever happened
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if proc.poll() is None:
+            _kill_tree(proc)
