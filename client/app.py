@@ -290,7 +290,11 @@ def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(saved["names"], saved["weights"], strict=True)})
     return Message(
         RecordDict(
-            {rk.ARRAYS: arrays, rk.METRICS: MetricRecord(saved["metrics"]), rk.SITE_REPORT: _site_report(site, entry)}
+            {
+                rk.ARRAYS: arrays,
+                rk.METRICS: MetricRecord({**saved["metrics"], rk.RESENT: 1}),
+                rk.SITE_REPORT: _site_report(site, entry),
+            }
         ),
         reply_to=msg,
     )

@@ -23,6 +23,7 @@ JOB_ID = "job-id"  # in the train config: the job a round belongs to (ledgers re
 # frozen tensors; a site whose own frozen base differs refuses (its update would not fit).
 FROZEN_SHA256 = "frozen-sha256"
 REFUSED = "refused"  # metric = 1 when a site vetoed the round
+RESENT = "resent"  # metric = 1 when a site answered with the update it had already released
 REFUSAL = "refusal"  # ConfigRecord with SITE_NAME and REASON
 SITE_REPORT = "site-report"  # ConfigRecord with SITE_NAME and UPDATE_SHA256
 SITE_NAME = "site"

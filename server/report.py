@@ -44,7 +44,8 @@ def build_metrics(
                 records[site_id] = int(log.train[site_id][rk.NUM_EXAMPLES])
             prev = last_site.get(site_id, {})
             sites[str(site_id)] = {
-                "trained": site_id in log.train,
+                "trained": site_id in log.train and site_id not in log.resent,
+                "resent": site_id in log.resent,
                 "refused": log.refusals.get(site_id),
                 "rejected": log.rejections.get(site_id),
                 "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,

@@ -35,6 +35,7 @@ class RoundLog:
     sites_asked: int = 0
     train: dict[int, dict[str, float]] = field(default_factory=dict)  # site id -> metrics
     refusals: dict[int, str] = field(default_factory=dict)  # site id -> reason
+    resent: set[int] = field(default_factory=set)  # site ids that re-sent an update already released
     rejections: dict[int, str] = field(default_factory=dict)  # site id -> why the server rejected its update
     failures: list[str] = field(default_factory=list)
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
@@ -246,6 +247,8 @@ class SiteTracking(Strategy):
                 rejected.append({**item, "reason": reason})
                 continue
             log.train[site_id] = {k: float(m[k]) for k in _SITE_TRAIN_KEYS if k in m}
+            if rk.RESENT in m:
+                log.resent.add(site_id)
             updated.append({**item, "num_examples": int(m[rk.NUM_EXAMPLES])})
             updates.append(msg)
         arrays, metrics = self.inner.aggregate_train(server_round, updates) if updates else (None, None)
@@ -306,7 +309,10 @@ class SiteTracking(Strategy):
 
 
 def progress_line(log: RoundLog, num_rounds: int) -> str:
-    parts = [f"round {log.round}/{num_rounds}", f"{len(log.train)}/{log.sites_asked} sites trained"]
+    trained = len(log.train) - len(log.resent)
+    parts = [f"round {log.round}/{num_rounds}", f"{trained}/{log.sites_asked} sites trained"]
+    if log.resent:  # a resumed round: the sites answered with the update they had already released
+        parts.append(f"{len(log.resent)} re-sent")
     if log.refusals:
         parts.append(f"{len(log.refusals)} refused")
     if log.rejections:

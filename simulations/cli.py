@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from audit import cli as audit_cli
 from common.config import RunConfig, Strategy
 from common.errors import FedshieldError
-from common.federation import DATASET_KINDS
+from common.federation import DATASET_KINDS, USER_DATA_KINDS
 from common.partition import PartitionKind
 from simulations import keys_cli, scenarios
 
@@ -49,6 +49,27 @@ class _OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"fedshield: error: {self.prog.removeprefix('fedshield').strip() or 'usage'}: {message}\n")
+
+
+# Settings that name files or folders (resolved against the folder the command runs in).
+_PATH_SETTINGS = ("data-path", "feature-schema", "pretrained-path")
+
+
+def describe_run(cfg: RunConfig) -> str:
+    """The banner: what data, split how, over how many sites, under which guarantee."""
+    data = cfg.dataset + (f" {cfg.data_path}" if cfg.data_path else "")
+    if cfg.label_column:
+        data += f" (label {cfg.label_column})"
+    split = {
+        "iid": "an even (iid) split",
+        "dirichlet": f"label skew (Dirichlet alpha={cfg.alpha:g})",
+        "quantity": f"size skew (Dirichlet alpha={cfg.alpha:g})",
+    }[cfg.partition]
+    privacy = f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP"
+    return (
+        f"fedshield: data {data}; {split} over {cfg.sites} sites; {cfg.rounds} rounds of {cfg.model} / {cfg.strategy}; "
+        f"{privacy}; other settings from scenario {cfg.scenario}; output in {cfg.out}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,6 +127,14 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides["resume"] = True
     if args.secure_aggregation:
         overrides["secure-aggregation"] = True
+    dataset = overrides.get("dataset", cfg.dataset)
+    if dataset in USER_DATA_KINDS and "partition" not in overrides and dataset != cfg.dataset:
+        # The user's own records: an even split, not the scenario's simulated skew, unless asked.
+        overrides["partition"] = "iid"
+    for key in _PATH_SETTINGS:  # config.toml must re-run from any folder: paths are stored resolved
+        value = str(overrides.get(key, getattr(cfg, key.replace("-", "_"))))
+        if value and (key != "pretrained-path" or value != "minilm"):
+            overrides[key] = str(Path(value).expanduser().resolve())
     if args.epsilon is not None and args.noise_multiplier is None:
         overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
     # Absolute: the simulated sites run in worker processes that may not share our cwd.
@@ -159,10 +188,9 @@ def _simulate(args: argparse.Namespace) -> int:
 
     cfg = resolve_config(args)
     check_inputs(cfg)  # a bad file or value fails here, before anything is announced or started
+    print(describe_run(cfg), file=sys.stderr, flush=True)
     print(
-        f"fedshield: scenario {cfg.scenario}, {cfg.sites} sites, {cfg.rounds} rounds, "
-        + (f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP")
-        + f", output in {cfg.out}",
+        f"fedshield: starting Flower's simulation engine (Ray) with {cfg.sites} sites; this takes 10-30 s",
         file=sys.stderr,
         flush=True,
     )

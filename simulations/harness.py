@@ -205,7 +205,7 @@ def simulate(
     if not metrics_path.exists():
         raise SimulationFailed(f"the simulation ended without writing {metrics_path}; see the log above")
     metrics = json.loads(metrics_path.read_text())
-    trained = [r for r in metrics["rounds"] if any(s["trained"] for s in r["sites"].values())]
+    trained = [r for r in metrics["rounds"] if any(s["trained"] or s["resent"] for s in r["sites"].values())]
     refused = [r for r in metrics["rounds"] if any(s["refused"] for s in r["sites"].values())]
     if not trained and not refused:  # every site refusing for lack of budget is a clean end
         reasons = [f for r in metrics["rounds"] for f in r["failures"]]
