@@ -230,7 +230,7 @@ def _noise_multiplier(
             steps=steps * cfg.rounds,
             prior=[*prior, *_planned_evaluations(cfg, policy)],
         )
-    except ConfigError:
+    except (ConfigError, MemoryError):  # MemoryError: a plan too long for the accountant (refused below)
         sigma = 0.0
     context.state[_SIGMA_KEY] = ConfigRecord({"job": job, "sigma": sigma})
     return sigma if sigma > 0 else None

@@ -49,8 +49,31 @@ def check_inputs(cfg: RunConfig) -> None:
     bad column, too many sites, unreadable weights) is reported as one clear line before any worker starts."""
     build_model(model_spec(cfg), seed=cfg.seed)  # pretrained weights: read (and checked) once, here
     server_test_set(cfg)
-    site_partitions(cfg, cfg.sites)
+    sites = site_partitions(cfg, cfg.sites)
+    if cfg.dp and cfg.noise_multiplier == 0:
+        check_plan_size(cfg, [len(s.train) + len(s.val) for s in sites])
     check_folders(cfg)
+
+
+# The accountant's work and memory grow with the steps it composes (Opacus's PRV domain: about
+# 8 GB and 2.5 minutes for 10,000 steps at sample rate 0.5 on this 2-core machine; 100,000 do
+# not fit in 24 GB). A job whose plan exceeds this is refused before anything starts.
+MAX_PLANNED_STEPS = 10_000
+
+
+def check_plan_size(cfg: RunConfig, site_records: list[int]) -> None:
+    """Refuse a plan (rounds x local steps) that the accountant cannot calibrate for."""
+    from client.dp_trainer import LocalPlan, sampling
+
+    plan = LocalPlan(cfg.local_epochs, cfg.batch_size, cfg.learning_rate)
+    for site_id, n in enumerate(site_records):
+        _, steps = sampling(max(n, 1), plan)
+        if steps * cfg.rounds > MAX_PLANNED_STEPS:
+            raise FedshieldError(
+                f"the plan is too large to account for: site-{site_id} would take {steps} DP steps per round x "
+                f"{cfg.rounds} rounds = {steps * cfg.rounds} steps (at most {MAX_PLANNED_STEPS}); "
+                "use fewer rounds or local-epochs, or a larger batch-size"
+            )
 
 
 def check_folders(cfg: RunConfig) -> None:

@@ -175,6 +175,11 @@ SIMULATE: dict[str, Case] = {
     "rounds-negative": _flag("rounds", "-3", "rounds", "-3"),
     "rounds-text": _flag("rounds", "three", "--rounds", "'three'"),
     "rounds-huge": _flag("rounds", "1000000000", "rounds", "1000000000"),
+    "plan-too-many-rounds": _flag("rounds", "10000", "too large to account for", "10000 rounds"),
+    "plan-too-many-epochs": (
+        lambda tmp: ["--rounds", "20", "--local-epochs", "1000"],
+        ("too large to account for", "20 rounds", "local-epochs"),
+    ),
     "epsilon-zero": _flag("epsilon", "0", "epsilon", "0.0"),
     "epsilon-negative": _flag("epsilon", "-1", "epsilon", "-1.0"),
     "epsilon-nan": _flag("epsilon", "nan", "epsilon", "nan"),
