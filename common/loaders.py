@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -261,8 +262,17 @@ def load_npz(path: str | Path, *, class_names: Sequence[str]) -> tuple[Dataset, 
     names = require_class_names(class_names, source=str(path), kind="npz file")
     try:
         arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc or type(exc).__name__})") from None
+    if not isinstance(arrays, np.lib.npyio.NpzFile):
+        raise DataError(f"{path}: not a .npz archive (a single .npy array); save with numpy.savez")
+    try:
+        return _npz_splits(path, arrays, names)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:  # a damaged member, read lazily
+        raise DataError(f"{path}: not a readable .npz file ({exc or type(exc).__name__})") from None
+
+
+def _npz_splits(path: Path, arrays: np.lib.npyio.NpzFile, names: Sequence[str]) -> tuple[Dataset, Dataset | None]:
     keys = set(arrays.files)
     if "train_images" not in keys or "train_labels" not in keys:
         raise DataError(f"{path}: expected arrays train_images and train_labels, found {', '.join(sorted(keys))}")
