@@ -29,6 +29,7 @@ from common.models import (
     tensor_bytes,
 )
 from server import checkpoint, report, secagg
+from server.progress import ProgressGrid
 from server.server_ledger import ServerLedger, simulation_paths
 from server.tracking import JobStopped, SiteTracking
 
@@ -188,9 +189,11 @@ def run_server(
             evaluate_fn=central_evaluation(cfg, tracking),
         )
     else:
+        progress_grid = ProgressGrid(grid, progress or _stderr)
+        tracking.progress_grid = progress_grid
         try:
             result = tracking.start(
-                grid=grid,
+                grid=progress_grid,  # type: ignore[arg-type]  # a Grid by delegation
                 initial_arrays=initial,
                 num_rounds=max(cfg.rounds - done, 0),
                 train_config=ConfigRecord({}),

@@ -98,6 +98,7 @@ class SiteTracking(Strategy):
         self.failed_in_a_row = 0
         self.stop_reason = ""
         self.latest: ArrayRecord | None = None  # the global model after the last aggregated round
+        self.progress_grid: Any = None  # a server.progress.ProgressGrid: told which round runs
         self.frozen_sha256 = frozen_sha256  # sent with every round when part of the model is frozen
         self.offset = round_offset  # rounds already completed before a resume
         self.on_round_end = on_round_end
@@ -187,6 +188,8 @@ class SiteTracking(Strategy):
     ) -> Iterable[Message]:
         server_round += self.offset
         self.round_started()
+        if self.progress_grid is not None:
+            self.progress_grid.label = f"round {server_round}/{self.num_rounds}"
         if self.latest is None:
             self.latest = arrays
         if self.should_stop(server_round, grid):
