@@ -36,7 +36,7 @@ from common.crypto import keys
 from common.errors import ConfigError, FedshieldError
 from common.federation import SiteData, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, salted_fingerprint
-from common.models import build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
+from common.models import MAX_ABS_WEIGHT, build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
 from common.privacy import noise
 from common.privacy.accounting import DpSgdEvent, calibrate_noise, epsilon
 from common.privacy.policy import (
@@ -54,7 +54,6 @@ _SIGMA_KEY = "fedshield.noise"
 _SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
 # The largest |weight| a site accepts in a global model (a public constant): a crafted model
 # with huge weights is refused before anything is reserved or read.
-MAX_ABS_WEIGHT = 1e4
 _META_KEY = "fedshield.dataset"
 
 

@@ -23,6 +23,10 @@ from torch import nn
 from common.resnet import GroupNormResNet, load_pretrained
 from common.transformer import LoraSpec, build_text_classifier
 
+# The largest |weight| a site accepts in a model, and the server keeps in an aggregate: beyond,
+# training has diverged (or the model is hostile: huge weights amplify one record's influence).
+MAX_ABS_WEIGHT = 1e4
+
 
 class ModelKind(StrEnum):
     MLP = "mlp"

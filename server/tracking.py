@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common import records as rk
 from common.hashing import arrays_sha256
+from common.models import MAX_ABS_WEIGHT
 from server.server_ledger import ServerLedger
 from server.validation import validate_update
 
@@ -64,6 +66,17 @@ def parse_claim(raw: object) -> dict[str, Any] | None:
 
 def arrays_hash(arrays: ArrayRecord) -> str:
     return arrays_sha256(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
+
+
+def _largest_weight(arrays: ArrayRecord) -> float:
+    """max |w| over the floating-point tensors of ``arrays`` (NaN if any is not finite)."""
+    largest = 0.0
+    for a in arrays.to_numpy_ndarrays():
+        if a.size and np.issubdtype(a.dtype, np.floating):
+            if not np.isfinite(a).all():
+                return float("nan")
+            largest = max(largest, float(np.abs(a).max()))
+    return largest
 
 
 def arrays_nbytes(arrays: ArrayRecord) -> int:
@@ -258,6 +271,14 @@ class SiteTracking(Strategy):
         self.record_round(
             server_round, updated=updated, refused=refused, dropped=dropped, rejected=rejected, aggregate=arrays
         )
+        largest = _largest_weight(arrays) if arrays is not None else 0.0
+        if not largest <= MAX_ABS_WEIGHT:  # NaN included
+            self.stop(
+                server_round,
+                f"training diverged in round {server_round}: the aggregated model has weights of size {largest:.3g} "
+                f"(above {MAX_ABS_WEIGHT:g}, or not finite); the previous model is kept; lower learning-rate",
+            )
+            return None, metrics
         if arrays is not None:
             self.latest = arrays
         self._count_failed_round(server_round, log)

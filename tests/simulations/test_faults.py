@@ -53,3 +53,15 @@ def test_a_site_with_a_broken_ledger_is_named_with_its_reason(
     out = capsys.readouterr().out
     assert "budget exhausted" not in out
     assert "every site has refused; site-" in out and "ledger cannot be trusted" in out
+
+
+def test_diverging_training_stops_the_job_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The largest learning rate the config accepts, with heavy noise: the aggregate blows up,
+    and the server stops the job saying so, keeping the last sane model."""
+    out = tmp_path / "run"
+    argv = ["simulate", "--sites", "2", "--rounds", "30", "--out", str(out), "--learning-rate", "1000"]
+    main([*argv, "--noise-multiplier", "50"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["stop_reason"] and metrics["stop_reason"].startswith("training diverged in round")
+    assert len(metrics["rounds"]) < 30
+    assert "lower learning-rate" in capsys.readouterr().out
