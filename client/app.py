@@ -52,8 +52,6 @@ from common.privacy.policy import (
 
 _SIGMA_KEY = "fedshield.noise"
 _SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
-# The largest |weight| a site accepts in a global model (a public constant): a crafted model
-# with huge weights is refused before anything is reserved or read.
 _META_KEY = "fedshield.dataset"
 
 

@@ -84,7 +84,7 @@ def build_metrics(
         "stop_reason": stop_reason or None,
         # replies that were errors (a site that crashed, timed out or could not read its state)
         "failures": sum(len(log.failures) for log in rounds),
-        "failed_rounds": sum(1 for log in rounds if log.failures and not (log.train or log.refusals or log.rejections)),
+        "failed_rounds": sum(1 for log in rounds if log.failures and not log.answered),
         "dp": cfg.dp,
         "accountant": "prv" if cfg.dp else None,
         "unit_of_privacy": "one record at one site (add/remove-one)",

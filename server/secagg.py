@@ -73,10 +73,11 @@ class TrackedFedAvg(LegacyFedAvg):
         self.completed: set[int] = set()
 
     def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list:
+        exhausted = self.tracking.exhausted
         instructions = [
             (proxy, fitins)
             for proxy, fitins in super().configure_fit(server_round, parameters, client_manager)
-            if proxy.node_id not in self.tracking.exhausted
+            if proxy.node_id not in exhausted
         ]
         for _, fitins in instructions:
             fitins.config[rk.SERVER_ROUND] = server_round
@@ -97,7 +98,7 @@ class TrackedFedAvg(LegacyFedAvg):
             site_id = int(m[rk.SITE_ID])
             if int(m.get(rk.REFUSED, 0)):
                 log.refusals[site_id] = str(m.get(REPORT + rk.REASON, "refused"))
-                self.tracking.exhausted.add(proxy.node_id)
+                self.tracking.refused_by(proxy.node_id, log.refusals[site_id])
                 refused.append(
                     {"site": str(m.get(REPORT + rk.SITE_NAME)), "node": proxy.node_id, "reason": log.refusals[site_id]}
                 )

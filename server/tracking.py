@@ -49,6 +49,11 @@ class RoundLog:
     bytes_to_sites: int = 0
     bytes_from_sites: int = 0
 
+    @property
+    def answered(self) -> bool:
+        """Some site trained, refused or had its update rejected: not a failed round."""
+        return bool(self.train or self.refusals or self.rejections)
+
 
 def parse_claim(raw: object) -> dict[str, Any] | None:
     """The site's claim for a round (``common.records.CLAIM``: its mechanism, noise source,
@@ -121,7 +126,6 @@ class SiteTracking(Strategy):
         self.job = job
         self.ledger = ledger
         self.rounds: list[RoundLog] = []
-        self.exhausted: set[int] = set()  # node ids of sites that refused (they would only refuse again)
         self.refusal_reasons: dict[int, str] = {}  # node id -> the site's last refusal reason
         self.stopped_after: int | None = None
         self._asked: list[int] = []
@@ -132,6 +136,14 @@ class SiteTracking(Strategy):
         if not self.rounds or self.rounds[-1].round != server_round:
             self.rounds.append(RoundLog(server_round))
         return self.rounds[-1]
+
+    @property
+    def exhausted(self) -> set[int]:
+        """Node ids of the sites that refused: they would only refuse again, so are not asked."""
+        return set(self.refusal_reasons)
+
+    def refused_by(self, node: int, reason: str) -> None:
+        self.refusal_reasons[node] = reason
 
     @property
     def stopped(self) -> bool:
@@ -145,7 +157,8 @@ class SiteTracking(Strategy):
 
     def should_stop(self, server_round: int, grid: Grid) -> bool:
         """True (and the job is marked stopped) once every site has refused for lack of budget."""
-        if not self.stopped and self.exhausted and self.exhausted >= set(grid.get_node_ids()):
+        exhausted = self.exhausted
+        if not self.stopped and exhausted and exhausted >= set(grid.get_node_ids()):
             reasons = sorted(set(self.refusal_reasons.values()))
             more = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
             self.stop(server_round - 1, f"every site has refused; {reasons[0]}{more}")
@@ -158,7 +171,7 @@ class SiteTracking(Strategy):
     def _count_failed_round(self, server_round: int, log: RoundLog) -> None:
         """A round in which no site trained, refused or was rejected, only failed (errors or no
         reply at all): after ``max_failed_rounds`` of them in a row the job stops with the reason."""
-        if log.train or log.refusals or log.rejections:
+        if log.answered:
             self.failed_in_a_row = 0
             return
         self.failed_in_a_row += 1
@@ -212,10 +225,11 @@ class SiteTracking(Strategy):
             config[rk.FROZEN_SHA256] = self.frozen_sha256
         self._global = arrays
         # A site that refused for lack of budget would only refuse again: don't ask it.
+        exhausted = self.exhausted
         messages = [
             m
             for m in self.inner.configure_train(server_round, arrays, config, grid)
-            if m.metadata.dst_node_id not in self.exhausted
+            if m.metadata.dst_node_id not in exhausted
         ]
         self.asked(server_round, [m.metadata.dst_node_id for m in messages])
         self._log(server_round).bytes_to_sites = arrays_nbytes(arrays) * len(messages)
@@ -240,8 +254,7 @@ class SiteTracking(Strategy):
             if rk.REFUSAL in msg.content:
                 refusal = msg.content[rk.REFUSAL]
                 log.refusals[site_id] = str(refusal[rk.REASON])
-                self.exhausted.add(node)
-                self.refusal_reasons[node] = str(refusal[rk.REASON])
+                self.refused_by(node, str(refusal[rk.REASON]))
                 refused.append({"site": str(refusal[rk.SITE_NAME]), "node": node, "reason": str(refusal[rk.REASON])})
                 continue
             report = msg.content[rk.SITE_REPORT] if rk.SITE_REPORT in msg.content else None

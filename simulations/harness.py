@@ -81,13 +81,14 @@ def check_folders(cfg: RunConfig) -> None:
     can be created, and can be written; with ``resume``, there is a checkpoint to resume."""
     from common.paths import writable_folder
     from server.checkpoint import CHECKPOINT_FILE
+    from server.server_ledger import simulation_paths
 
     writable_folder(cfg.out, "--out")
     if cfg.state_dir:
         writable_folder(cfg.state_dir, "--state-dir")
     writable_folder(trusted_keys_path(cfg), "the auditor's key folder")
     if cfg.resume:
-        ckpt = Path(cfg.state_path) / "server" / CHECKPOINT_FILE
+        ckpt = simulation_paths(Path(cfg.state_path)).root / CHECKPOINT_FILE  # where run_server keeps it
         if not ckpt.is_file():
             raise FedshieldError(
                 f"--resume: no checkpoint in {ckpt.parent} (nothing to resume; run without --resume to start a job)"
