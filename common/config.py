@@ -16,6 +16,14 @@ from enum import StrEnum
 from typing import Any
 
 from common.errors import ConfigError
+from common.partition import PartitionKind
+
+
+class ModelKind(StrEnum):
+    MLP = "mlp"
+    CNN = "cnn"
+    RESNET = "resnet"
+    TRANSFORMER = "transformer"
 
 
 class Strategy(StrEnum):
@@ -200,15 +208,15 @@ class RunConfig:
         )
         _check(self.synthetic_records >= 10, "synthetic-records", "must be >= 10", self.synthetic_records)
         _check(
-            self.partition in {"iid", "dirichlet", "quantity"},
+            self.partition in {k.value for k in PartitionKind},
             "partition",
-            "must be one of iid, dirichlet, quantity",
+            f"must be one of {', '.join(PartitionKind)}",
             self.partition,
         )
         _check(
-            self.model in {"mlp", "cnn", "resnet", "transformer"},
+            self.model in {k.value for k in ModelKind},
             "model",
-            "must be one of mlp, cnn, resnet, transformer",
+            f"must be one of {', '.join(ModelKind)}",
             self.model,
         )
         _check(self.finetune in {"full", "lora"}, "finetune", "must be full or lora", self.finetune)

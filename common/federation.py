@@ -28,17 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.config import RunConfig
-from common.credit import synthetic_credit
-from common.data.labels import require_class_names
-from common.data.schema import BUILTIN_SCHEMAS, TableSchema, load_schema
+from common.data.sources import load_source
 from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
-from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
-from common.models import ModelKind, ModelSpec
-from common.notes import DEPARTMENTS, synthetic_notes
+from common.models import MODEL_FAMILIES, ModelKind, ModelSpec
 from common.partition import PartitionKind, PartitionSpec, partition
-from common.text_loaders import TextTable, read_text_table, text_dataset
-from common.transformer import LoraSpec, load_tokenizer
+from common.transformer import LoraSpec
 
 
 @dataclass(frozen=True)
@@ -46,85 +41,6 @@ class SiteData:
     site_id: int
     train: Dataset
     val: Dataset
-
-
-_TABLES = {"sklearn:breast_cancer", "synthetic:credit", "csv"}
-# Every dataset kind load_source knows (the CLI's --help lists these).
-DATASET_KINDS = (
-    "sklearn:breast_cancer",
-    "sklearn:digits",
-    "synthetic:credit",
-    "synthetic:notes",
-    "csv",
-    "npz",
-    "image-folder",
-    "text",
-)
-# The user's own records: with them, the partition is an even split unless asked otherwise.
-USER_DATA_KINDS = ("csv", "npz", "image-folder", "text")
-
-
-def table_schema(cfg: RunConfig) -> TableSchema | None:
-    """The table's public schema: ``feature-schema`` (a path), else the one shipped with a
-    built-in data set, else None (a user's table then fails closed when loaded)."""
-    if cfg.feature_schema and cfg.dataset not in _TABLES:
-        raise ConfigError(
-            f"feature-schema applies to tables (csv, sklearn:breast_cancer, synthetic:credit), not dataset "
-            f"{cfg.dataset!r}: its preprocessing is already fixed and public"
-        )
-    if cfg.feature_schema:
-        return load_schema(cfg.feature_schema)
-    builtin = BUILTIN_SCHEMAS.get(cfg.dataset)
-    return load_schema(builtin) if builtin else None
-
-
-def load_source(cfg: RunConfig) -> tuple[Dataset, Dataset | None]:
-    """The configured data as (pool, test); ``test`` is None when the source has no split.
-    Already preprocessed, record by record, with public parameters only."""
-    kind, _, name = cfg.dataset.partition(":")
-    classes = cfg.class_name_list
-    schema = table_schema(cfg)
-    if cfg.dataset not in DATASET_KINDS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASET_KINDS)}, got {cfg.dataset!r}")
-    if kind == "sklearn":
-        return load_sklearn(name, schema=schema, class_names=classes), None
-    if cfg.dataset == "synthetic:credit":
-        if classes:
-            raise ConfigError("synthetic:credit has the fixed classes of its schema: leave class-names unset")
-        return synthetic_credit(cfg.synthetic_records, seed=cfg.seed, schema=schema), None
-    if cfg.dataset == "synthetic:notes":
-        table = synthetic_notes(cfg.synthetic_records, seed=cfg.seed)
-        return _tokenized(cfg, table, classes=DEPARTMENTS), None
-    if cfg.dataset in USER_DATA_KINDS and not cfg.data_path:
-        raise ConfigError(f"dataset {cfg.dataset!r} needs data-path (--data-path)")
-    if cfg.dataset == "csv":
-        if not cfg.label_column and not (schema and schema.label):
-            raise ConfigError("dataset 'csv' needs label-column (--label-column) or a label in its feature-schema")
-        table = load_csv(
-            cfg.data_path,
-            label_column=cfg.label_column,
-            schema=schema,
-            categorical_columns=cfg.categorical,
-            class_names=classes,
-        )
-        return table, None
-    if cfg.dataset == "npz":
-        return load_npz(cfg.data_path, class_names=classes)
-    if cfg.dataset == "image-folder":
-        return load_image_folder(cfg.data_path, class_names=classes), None
-    if cfg.dataset == "text":
-        table = read_text_table(cfg.data_path, text_field=cfg.text_field, label_field=cfg.label_field)
-        return _tokenized(cfg, table), None
-    raise AssertionError(f"dataset kind {cfg.dataset!r} is listed but has no loader")
-
-
-def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) -> Dataset:
-    """Text tokenized offline with the (public, pretrained) tokenizer saved beside the
-    transformer's weights; labels by class-names (a user's text file must give them)."""
-    if cfg.model != "transformer":
-        raise ConfigError(f"dataset {cfg.dataset!r} holds text: it needs model 'transformer', not {cfg.model!r}")
-    classes = require_class_names(cfg.class_name_list or classes, source=table.source, kind="text file")
-    return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
 
 
 @functools.lru_cache(maxsize=8)
@@ -139,15 +55,6 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     return pool, test
 
 
-_MODEL_FOR = {Modality.TABULAR: "mlp", Modality.IMAGE: "cnn or resnet", Modality.TEXT: "transformer"}
-_MODALITY_OF = {
-    ModelKind.MLP: Modality.TABULAR,
-    ModelKind.CNN: Modality.IMAGE,
-    ModelKind.RESNET: Modality.IMAGE,
-    ModelKind.TRANSFORMER: Modality.TEXT,
-}
-
-
 def model_spec(cfg: RunConfig) -> ModelSpec:
     kind = ModelKind(cfg.model)
     text = kind is ModelKind.TRANSFORMER
@@ -158,10 +65,11 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
     else:
         pool, _ = pool_and_test(cfg)
         shape, classes, source, modality = pool.record_shape, pool.num_classes, pool.source, pool.modality
-    if _MODALITY_OF[kind] is not modality:
+    needs = MODEL_FAMILIES[kind].modality
+    if needs is not modality:
+        fits = " or ".join(k.value for k, f in MODEL_FAMILIES.items() if f.modality is modality)
         raise ConfigError(
-            f"model {kind.value!r} needs {_MODALITY_OF[kind]} data, but {source} holds {modality} "
-            f"records; use model {_MODEL_FOR[modality]}"
+            f"model {kind.value!r} needs {needs} data, but {source} holds {modality} records; use model {fits}"
         )
     if text:
         shape = (cfg.max_length,)  # the records' own padded length does not shape the model

@@ -12,27 +12,21 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 import torch
 from torch import nn
 
+from common.config import ModelKind
+from common.dataset import Modality
 from common.resnet import GroupNormResNet, load_pretrained
 from common.transformer import LoraSpec, build_text_classifier
 
 # The largest |weight| a site accepts in a model, and the server keeps in an aggregate: beyond,
 # training has diverged (or the model is hostile: huge weights amplify one record's influence).
 MAX_ABS_WEIGHT = 1e4
-
-
-class ModelKind(StrEnum):
-    MLP = "mlp"
-    CNN = "cnn"
-    RESNET = "resnet"
-    TRANSFORMER = "transformer"
 
 
 @dataclass(frozen=True)
@@ -115,24 +109,50 @@ def build_model(spec: ModelSpec, *, seed: int) -> nn.Module:
     return copy.deepcopy(_built(spec, seed))
 
 
+def _resnet(spec: ModelSpec) -> nn.Module:
+    channels, height, width = spec.input_shape
+    model = GroupNormResNet(channels, spec.num_classes, width=spec.width, image_size=min(height, width))
+    if spec.pretrained_path:
+        load_pretrained(model, spec.pretrained_path)
+    return model
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    summary: str
+    modality: Modality  # the records it reads
+    build: Callable[[ModelSpec], nn.Module]
+
+
+# One registry line per model family; the config check, --help and build_model read it.
+MODEL_FAMILIES: dict[ModelKind, ModelFamily] = {
+    ModelKind.MLP: ModelFamily(
+        "tanh MLP for tables (hidden)",
+        Modality.TABULAR,
+        lambda spec: TabularMLP(spec.input_shape[0], spec.hidden, spec.num_classes),
+    ),
+    ModelKind.CNN: ModelFamily(
+        "small GroupNorm CNN for images (channels)",
+        Modality.IMAGE,
+        lambda spec: GroupNormCNN(spec.input_shape[0], spec.channels, spec.num_classes),
+    ),
+    ModelKind.RESNET: ModelFamily("ResNet-18 with GroupNorm for images (resnet-width)", Modality.IMAGE, _resnet),
+    ModelKind.TRANSFORMER: ModelFamily(
+        "pretrained MiniLM-L6 text classifier, full or LoRA fine-tune",
+        Modality.TEXT,
+        lambda spec: build_text_classifier(
+            spec.pretrained_path, spec.num_classes, lora=spec.lora, random_init=spec.random_init
+        ),
+    ),
+}
+
+
 @functools.lru_cache(maxsize=4)
 def _built(spec: ModelSpec, seed: int) -> nn.Module:
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        if spec.kind is ModelKind.MLP:
-            return TabularMLP(spec.input_shape[0], spec.hidden, spec.num_classes)
-        if spec.kind is ModelKind.CNN:
-            return GroupNormCNN(spec.input_shape[0], spec.channels, spec.num_classes)
-        if spec.kind is ModelKind.RESNET:
-            channels, height, width = spec.input_shape
-            model = GroupNormResNet(channels, spec.num_classes, width=spec.width, image_size=min(height, width))
-            if spec.pretrained_path:
-                load_pretrained(model, spec.pretrained_path)
-            return model
-        return build_text_classifier(
-            spec.pretrained_path, spec.num_classes, lora=spec.lora, random_init=spec.random_init
-        )
+        return MODEL_FAMILIES[spec.kind].build(spec)
     finally:
         torch.random.set_rng_state(generator_state)
 

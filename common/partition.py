@@ -6,6 +6,7 @@ every record exactly once. The same seed always gives the same partition.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -51,19 +52,40 @@ def partition(labels: np.ndarray, spec: PartitionSpec, *, seed: int) -> list[np.
             f"{spec.min_records} records each; use fewer sites"
         )
     rng = np.random.default_rng(seed)
-    if spec.kind is PartitionKind.IID:
-        return [np.sort(p) for p in np.array_split(rng.permutation(n), spec.num_sites)]
+    rule = PARTITIONS[spec.kind]
     for _ in range(_MAX_TRIES):
-        if spec.kind is PartitionKind.DIRICHLET:
-            parts = _dirichlet_label_skew(labels, spec.num_sites, spec.alpha, rng)
-        else:
-            parts = _quantity_skew(n, spec.num_sites, spec.alpha, rng)
+        parts = rule.draw(labels, spec, rng)
         if min(len(p) for p in parts) >= spec.min_records:
             return [np.sort(p) for p in parts]
     raise DataError(
         f"{spec.kind.value} partition with alpha={spec.alpha} left a site with fewer than "
         f"{spec.min_records} records in {_MAX_TRIES} draws; raise alpha or use fewer sites"
     )
+
+
+def _iid(labels: np.ndarray, spec: PartitionSpec, rng: np.random.Generator) -> list[np.ndarray]:
+    return list(np.array_split(rng.permutation(len(labels)), spec.num_sites))
+
+
+@dataclass(frozen=True)
+class PartitionRule:
+    summary: str
+    # (labels, spec, rng) -> one index array per site; redrawn while a site is too small
+    draw: Callable[[np.ndarray, PartitionSpec, np.random.Generator], list[np.ndarray]]
+
+
+# One registry line per way of sharing a pool out to simulated sites (config check, --help).
+PARTITIONS: dict[PartitionKind, PartitionRule] = {
+    PartitionKind.IID: PartitionRule("an even random split", _iid),
+    PartitionKind.DIRICHLET: PartitionRule(
+        "label skew: each class spread over sites by Dirichlet(alpha)",
+        lambda labels, spec, rng: _dirichlet_label_skew(labels, spec.num_sites, spec.alpha, rng),
+    ),
+    PartitionKind.QUANTITY: PartitionRule(
+        "size skew: site sizes by Dirichlet(alpha), labels iid",
+        lambda labels, spec, rng: _quantity_skew(len(labels), spec.num_sites, spec.alpha, rng),
+    ),
+}
 
 
 def _split_by_proportions(idx: np.ndarray, proportions: np.ndarray) -> list[np.ndarray]:

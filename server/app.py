@@ -12,11 +12,10 @@ from typing import Any
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
+from flwr.serverapp.strategy import Strategy
 
 from common import records as rk
 from common.config import RunConfig
-from common.config import Strategy as StrategyKind
 from common.evaluation import evaluate
 from common.federation import model_spec, server_test_set
 from common.models import (
@@ -31,6 +30,7 @@ from common.models import (
 from server import checkpoint, report, secagg
 from server.progress import ProgressGrid
 from server.server_ledger import ServerLedger, simulation_paths
+from server.strategies import STRATEGIES
 from server.tracking import JobStopped, SiteTracking
 
 
@@ -62,8 +62,8 @@ def summarize_evaluate(replies: list[RecordDict], weighted_by_key: str) -> Metri
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:
-    """Flower's FedAvg, FedProx, FedAdam, or a robust rule (trimmed mean, median, (Multi-)Krum),
-    sampling ``fraction-train`` of the sites."""
+    """The job's aggregation rule from :data:`server.strategies.STRATEGIES`, sampling
+    ``fraction-train`` of the sites."""
     common: dict[str, Any] = {
         "train_metrics_aggr_fn": summarize_train,
         "evaluate_metrics_aggr_fn": summarize_evaluate,
@@ -73,20 +73,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
         "min_available_nodes": 1,
     }
-    kind = cfg.strategy_kind
-    if kind is StrategyKind.FEDPROX:
-        return FedProx(**common, proximal_mu=cfg.proximal_mu)
-    if kind is StrategyKind.FEDADAM:
-        return FedAdam(**common, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate)
-    if kind is StrategyKind.TRIMMED_MEAN:
-        return FedTrimmedAvg(**common, beta=cfg.trim_fraction)
-    if kind is StrategyKind.MEDIAN:
-        return FedMedian(**common)
-    if kind is StrategyKind.KRUM:
-        return Krum(**common, num_malicious_nodes=cfg.num_malicious)
-    if kind is StrategyKind.MULTI_KRUM:
-        return MultiKrum(**common, num_malicious_nodes=cfg.num_malicious, num_nodes_to_select=cfg.krum_select)
-    return FedAvg(**common)
+    return STRATEGIES[cfg.strategy_kind].build(cfg, common)
 
 
 def central_evaluation(cfg: RunConfig, tracking: SiteTracking) -> Callable[[int, ArrayRecord], MetricRecord | None]:

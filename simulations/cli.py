@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from audit import cli as audit_cli
-from common.config import RunConfig, Strategy
+from common.config import RunConfig
+from common.data.sources import SOURCES
 from common.errors import FedshieldError
-from common.federation import DATASET_KINDS, USER_DATA_KINDS
-from common.partition import PartitionKind
+from common.models import MODEL_FAMILIES
+from common.partition import PARTITIONS
+from server.strategies import STRATEGIES
 from simulations import keys_cli, scenarios
+
+
+def _choices(registry: Mapping[str, Any]) -> str:
+    """A registry's names with their one-line summaries, for --help."""
+    return "; ".join(f"{name}: {entry.summary}" for name, entry in registry.items())
+
 
 # CLI flag -> config key; every flag is optional and overrides the scenario file.
 _FLAGS: dict[str, tuple[type, str]] = {
@@ -28,11 +36,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "noise-multiplier": (float, "use this noise multiplier instead of calibrating to --epsilon"),
     "max-grad-norm": (float, "per-example clipping bound"),
     "seed": (int, "seed for partitioning, initialisation and noise"),
-    "strategy": (str, ", ".join(s.value for s in Strategy)),
+    "strategy": (str, _choices(STRATEGIES)),
     "fraction-train": (float, "fraction of sites sampled per round"),
-    "partition": (str, ", ".join(k.value for k in PartitionKind) + " (a user's own data: iid unless given)"),
+    "partition": (str, _choices(PARTITIONS) + "; a user's own data: iid unless given"),
     "alpha": (float, "Dirichlet concentration for label/quantity skew"),
-    "dataset": (str, ", ".join(DATASET_KINDS)),
+    "dataset": (str, _choices(SOURCES)),
+    "model": (str, _choices(MODEL_FAMILIES)),
     "data-path": (str, "data file or folder for csv / npz / image-folder"),
     "label-column": (str, "label column of a CSV file"),
     "site-budgets": (str, "per-site epsilon budgets overriding --epsilon, e.g. site-0=0.5,site-3=2"),
@@ -128,7 +137,7 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if args.secure_aggregation:
         overrides["secure-aggregation"] = True
     dataset = overrides.get("dataset", cfg.dataset)
-    if dataset in USER_DATA_KINDS and "partition" not in overrides and dataset != cfg.dataset:
+    if dataset in SOURCES and SOURCES[dataset].user_data and "partition" not in overrides and dataset != cfg.dataset:
         # The user's own records: an even split, not the scenario's simulated skew, unless asked.
         overrides["partition"] = "iid"
     for key in _PATH_SETTINGS:  # config.toml must re-run from any folder: paths are stored resolved
@@ -224,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "scenarios":
             for name in scenarios.available():
-                print(name)
+                print(scenarios.describe(name))
             return 0
         if args.command == "audit":
             return audit_cli.main(args)

@@ -7,11 +7,12 @@ process boundaries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,21 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _worker_environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in the environment while the engine starts its workers (they inherit it)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
 def simulate(
     cfg: RunConfig, *, site_cfg: RunConfig | None = None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
@@ -195,6 +211,7 @@ def simulate(
     from client.app import make_client_app
     from server.app import make_server_app
     from simulations.attacks import attack_mod, parse_attacks
+    from simulations.site_worker import WORKER_ENV, quiet_flower
     from simulations.watchdog import leave_nothing_behind
 
     check_inputs(cfg)
@@ -211,11 +228,13 @@ def simulate(
     notice_filter = _DropDeprecationNotice()
     for handler in flwr_logger.handlers:
         handler.addFilter(notice_filter)
+    mods = [quiet_flower, *([attack_mod(cfg.attack)] if cfg.attack else [])]
     try:
-        with leave_nothing_behind():  # no Ray process outlives this run, even after kill -9
+        # No Ray process outlives this run, even after kill -9.
+        with leave_nothing_behind(), _worker_environment(WORKER_ENV):
             run_simulation(
                 server_app=make_server_app(cfg, progress=progress),
-                client_app=make_client_app(site_cfg or cfg, mods=[attack_mod(cfg.attack)] if cfg.attack else None),
+                client_app=make_client_app(site_cfg or cfg, mods=mods),
                 num_supernodes=cfg.sites,
                 backend_config=_backend_config(cfg),
             )

@@ -35,6 +35,15 @@ def scenario_path(name: str) -> Path:
     return path
 
 
+def describe(name: str) -> str:
+    """A shipped scenario in one line: its data, model and sites, and the first sentence of
+    its description."""
+    cfg = load_scenario(name)
+    values = tomllib.loads(scenario_path(name).read_text(encoding="utf-8"))
+    first = str(values.get("description", "")).split(". ")[0].rstrip(".")
+    return f"{name}: {cfg.dataset}, {cfg.model}, {cfg.sites} sites, {cfg.rounds} rounds. {first}."
+
+
 def load_scenario(name: str) -> RunConfig:
     path = scenario_path(name)
     try:

@@ -4,6 +4,8 @@ folder."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from server.report import write_config
 from simulations.cli import _parser, describe_run, resolve_config
 from simulations.scenarios import load_scenario
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = 'label = "y"\nclass-names = ["0", "1"]\n[[feature]]\nname = "a"\nlo = 0.0\nhi = 1.0\n'
 
 
@@ -57,3 +60,24 @@ def test_config_toml_reruns_from_any_folder(bank: Path, tmp_path: Path, monkeypa
     again = load_scenario(str(path))
     assert again == cfg
     assert Path(again.data_path).is_file() and Path(again.feature_schema).is_file() and Path(again.out).is_absolute()
+
+
+@pytest.mark.slow
+def test_a_run_shows_only_fedshields_own_lines(tmp_path: Path) -> None:
+    """Two jobs in one process (--compare-no-dp): the engine stops the first job's actors
+    while the second starts, and Flower's actors used to print "Manually terminating
+    ClientAppActor" twice each. The user sees the banner, progress and results only."""
+    done = subprocess.run(
+        [sys.executable, "-m", "simulations.cli", "simulate", "--scenario", "banks-credit", "--sites", "2",
+         "--rounds", "1", "--compare-no-dp", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    stray = [
+        line
+        for line in done.stderr.splitlines()
+        if not line.startswith(("fedshield: ", "round ", "  round ", "moved the previous run"))
+    ]
+    assert stray == [], "\n".join(stray)
+    assert "Manually terminating" not in done.stderr + done.stdout
+    assert "final accuracy, same run without DP" in done.stdout

@@ -1,0 +1,131 @@
+"""Where a job's records come from: one registry line per dataset kind, naming what it is,
+whether it is the user's own records, whether it is a table, and the loader. ``--help``, the
+config check and :func:`load_source` all read :data:`SOURCES`, so a listed kind is a kind that
+loads.
+
+Every loader preprocesses record by record with public parameters only (a feature schema's
+bounds, a fixed pixel rule, a pretrained tokenizer); labels map to classes by ``class-names``
+(or the schema's), never by the labels a file holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.config import RunConfig
+from common.credit import synthetic_credit
+from common.data.labels import require_class_names
+from common.data.schema import BUILTIN_SCHEMAS, TableSchema, load_schema
+from common.dataset import Dataset
+from common.errors import ConfigError
+from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
+from common.notes import DEPARTMENTS, synthetic_notes
+from common.text_loaders import TextTable, read_text_table, text_dataset
+from common.transformer import load_tokenizer
+
+# (pool, test): test is None when the source has no split of its own.
+Loaded = tuple[Dataset, Dataset | None]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    summary: str
+    load: Callable[[RunConfig, TableSchema | None], Loaded]
+    user_data: bool = False  # the user's own records (data-path): split evenly unless asked
+    table: bool = False  # a table: a feature-schema applies
+
+
+def _sklearn(name: str) -> Callable[[RunConfig, TableSchema | None], Loaded]:
+    return lambda cfg, schema: (load_sklearn(name, schema=schema, class_names=cfg.class_name_list), None)
+
+
+def _credit(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    if cfg.class_name_list:
+        raise ConfigError("synthetic:credit has the fixed classes of its schema: leave class-names unset")
+    return synthetic_credit(cfg.synthetic_records, seed=cfg.seed, schema=schema), None
+
+
+def _notes(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    return _tokenized(cfg, synthetic_notes(cfg.synthetic_records, seed=cfg.seed), classes=DEPARTMENTS), None
+
+
+def _csv(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    if not cfg.label_column and not (schema and schema.label):
+        raise ConfigError("dataset 'csv' needs label-column (--label-column) or a label in its feature-schema")
+    table = load_csv(
+        cfg.data_path,
+        label_column=cfg.label_column,
+        schema=schema,
+        categorical_columns=cfg.categorical,
+        class_names=cfg.class_name_list,
+    )
+    return table, None
+
+
+def _npz(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    return load_npz(cfg.data_path, class_names=cfg.class_name_list)
+
+
+def _image_folder(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    return load_image_folder(cfg.data_path, class_names=cfg.class_name_list), None
+
+
+def _text(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    table = read_text_table(cfg.data_path, text_field=cfg.text_field, label_field=cfg.label_field)
+    return _tokenized(cfg, table), None
+
+
+def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) -> Dataset:
+    """Text tokenized offline with the (public, pretrained) tokenizer saved beside the
+    transformer's weights; labels by class-names (a user's text file must give them)."""
+    if cfg.model != "transformer":
+        raise ConfigError(f"dataset {cfg.dataset!r} holds text: it needs model 'transformer', not {cfg.model!r}")
+    classes = require_class_names(cfg.class_name_list or classes, source=table.source, kind="text file")
+    return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
+
+
+SOURCES: dict[str, DataSource] = {
+    "sklearn:breast_cancer": DataSource(
+        "scikit-learn's breast cancer table (569 x 30)", _sklearn("breast_cancer"), table=True
+    ),
+    "sklearn:digits": DataSource("scikit-learn's digits (1797 8x8 images)", _sklearn("digits")),
+    "synthetic:credit": DataSource("generated credit applications (common/credit.py)", _credit, table=True),
+    "synthetic:notes": DataSource("generated clinical notes (common/notes.py)", _notes),
+    "csv": DataSource("your CSV table (--data-path, --label-column)", _csv, user_data=True, table=True),
+    "npz": DataSource("your NumPy archive x/y [x_test/y_test]", _npz, user_data=True),
+    "image-folder": DataSource("your images, one folder per class", _image_folder, user_data=True),
+    "text": DataSource("your texts, CSV or JSONL (text-field, label-field)", _text, user_data=True),
+}
+
+
+def source(cfg: RunConfig) -> DataSource:
+    try:
+        return SOURCES[cfg.dataset]
+    except KeyError:
+        raise ConfigError(f"dataset must be one of {', '.join(SOURCES)}, got {cfg.dataset!r}") from None
+
+
+def table_schema(cfg: RunConfig) -> TableSchema | None:
+    """The table's public schema: ``feature-schema`` (a path), else the one shipped with a
+    built-in data set, else None (a user's table then fails closed when loaded)."""
+    tables = ", ".join(name for name, s in SOURCES.items() if s.table)
+    if cfg.feature_schema and not source(cfg).table:
+        raise ConfigError(
+            f"feature-schema applies to tables ({tables}), not dataset {cfg.dataset!r}: "
+            "its preprocessing is already fixed and public"
+        )
+    if cfg.feature_schema:
+        return load_schema(cfg.feature_schema)
+    builtin = BUILTIN_SCHEMAS.get(cfg.dataset)
+    return load_schema(builtin) if builtin else None
+
+
+def load_source(cfg: RunConfig) -> Loaded:
+    """The configured data as (pool, test); ``test`` is None when the source has no split.
+    Already preprocessed, record by record, with public parameters only."""
+    entry = source(cfg)
+    schema = table_schema(cfg)
+    if entry.user_data and not cfg.data_path:
+        raise ConfigError(f"dataset {cfg.dataset!r} needs data-path (--data-path)")
+    return entry.load(cfg, schema)
