@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,7 +34,7 @@ from common import records as rk
 from common.config import RunConfig, Strategy
 from common.crypto import keys
 from common.errors import ConfigError, FedshieldError
-from common.federation import SiteData, local_site_data, model_spec, site_data
+from common.federation import SiteData, class_names, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, salted_fingerprint
 from common.models import MAX_ABS_WEIGHT, build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
 from common.privacy import noise
@@ -49,6 +49,7 @@ from common.privacy.policy import (
     read_policy_file,
     site_secret,
 )
+from common.tasks import Statistics, Task, flat, task_for, unflat
 
 _SIGMA_KEY = "fedshield.noise"
 _SIMULATED_NODE_KEYS = frozenset({"partition-id", "num-partitions"})
@@ -460,7 +461,7 @@ def _train_locked(
             f"the site's data changed ({meta.records} -> {len(train)} training records) since this round was planned"
         )
         return refuse(reason, float("nan"))
-    result = train_local(model, train, plan, privacy=privacy, randomness=randomness)
+    result = train_local(model, train, plan, privacy=privacy, randomness=randomness, task=_task(cfg, policy))
     names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
     metrics: dict[str, float | int] = {
@@ -506,10 +507,14 @@ def _train_locked(
     )
 
 
-# Evaluation: per-example loss is clipped to [0, EVAL_LOSS_BOUND] so that one record moves the
-# loss sum by at most the bound; (correct count, loss sum / bound) then has L2 sensitivity
-# sqrt(2) under add/remove-one.
-EVAL_LOSS_BOUND = 10.0
+def _task(cfg: RunConfig, policy: SitePolicy) -> Task:
+    """The job's task over this site's classes (its policy's class-names, when it names them:
+    the positive class of binary-risk is then the site's own)."""
+    return task_for(cfg, policy.class_names or class_names(cfg))
+
+
+# Evaluation releases the task's additive statistics (common/tasks): each bounded per record,
+# with L2 sensitivity ``task.sensitivity`` under add/remove-one, noised as one Gaussian mechanism.
 
 
 @_guarded
@@ -535,7 +540,7 @@ def _evaluate_locked(
     job: str,
     server_round: int,
 ) -> Message:
-    from common.evaluation import per_example
+    from common.evaluation import statistics
 
     policy = settings.policy
     assert policy is not None
@@ -543,6 +548,7 @@ def _evaluate_locked(
     budget = Budget(policy.epsilon, policy.delta)
     spend = ledger.spend(policy.data_source)
     base = _entry_base(job, server_round, policy, meta)
+    task = _task(cfg, policy)
     if policy.evaluation is Evaluation.DP:
         event = DpSgdEvent(policy.eval_noise_multiplier, 1.0, 1)
         decision = decide(spend.events, event, budget)
@@ -556,36 +562,39 @@ def _evaluate_locked(
             delta=budget.delta,
             epsilon=decision.after,
             noise=randomness.as_record(),
-            released=[rk.EVAL_CORRECT, rk.EVAL_LOSS, rk.NUM_EXAMPLES],
+            released=[*rk.stats_record(task.zero()), rk.NUM_EXAMPLES],
         )
     else:
         ledger.record_evaluation(
             **base, noise_multiplier=None, delta=budget.delta, epsilon=None, noise=None, released=["all"]
         )
     val = _node_site(context, cfg, policy).val
-    losses, correct = per_example(_global_model(msg, cfg), val)
+    stats = statistics(_global_model(msg, cfg), val, task)
     n = len(val)
     if policy.evaluation is Evaluation.DP:
-        # Per example: a non-finite loss counts as the bound (a crafted model cannot turn one
-        # record into a NaN release), then clipped to [0, bound].
-        clipped = torch.nan_to_num(losses, nan=EVAL_LOSS_BOUND, posinf=EVAL_LOSS_BOUND, neginf=0.0)
-        clipped = clipped.clamp(0.0, EVAL_LOSS_BOUND)
-        std = policy.eval_noise_multiplier * math.sqrt(2.0)
-        gen = randomness.sampling_generator()  # a fresh secret generator (or the public seed's)
-        # Four draws summed and halved, in float64 (the floating-point defence used for
-        # training noise), then rounded: the low-order bits of a float draw say nothing.
-        draws = torch.normal(0.0, std, size=(4, 2), generator=gen, dtype=torch.float64).sum(0) / 2
-        noisy_correct = round(float(correct.sum()) + float(draws[0]))
-        noisy_loss = round((float(clipped.double().sum()) / EVAL_LOSS_BOUND + float(draws[1])) * EVAL_LOSS_BOUND, 2)
-        accuracy = min(max(noisy_correct / n, 0.0), 1.0)
-        loss = max(noisy_loss / n, 0.0)
-        extra = {rk.EVAL_CORRECT: float(noisy_correct)}
-    else:
-        accuracy, loss, extra = float(correct.float().mean()), float(losses.mean()), {}
+        stats = _noised(stats, task, policy.eval_noise_multiplier, randomness.sampling_generator())
     metrics = MetricRecord(
-        {rk.NUM_EXAMPLES: n, rk.SITE_ID: settings.site_id, rk.EVAL_LOSS: loss, rk.EVAL_ACCURACY: accuracy, **extra}
+        {
+            rk.NUM_EXAMPLES: n,
+            rk.SITE_ID: settings.site_id,
+            **rk.stats_record(stats),
+            # post-processing of what is released above
+            **{rk.EVAL_METRIC_PREFIX + k: v for k, v in task.metrics(stats, n).items()},
+        }
     )
     return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)
+
+
+def _noised(stats: Statistics, task: Task, noise_multiplier: float, gen: torch.Generator) -> Statistics:
+    """The Gaussian mechanism on all of ``stats`` at once: std ``noise_multiplier *
+    task.sensitivity`` per coordinate, from the site's secret generator. Each coordinate is four
+    draws summed and halved, in float64 (the floating-point defence used for training noise),
+    then rounded (counts to integers, sums to 1/100): the low-order bits of a float say nothing."""
+    vector = flat(stats)
+    std = noise_multiplier * task.sensitivity
+    draws = torch.normal(0.0, std, size=(4, vector.size), generator=gen, dtype=torch.float64).sum(0) / 2
+    noisy = unflat(vector + draws.numpy(), stats)
+    return {k: np.round(v) if k in task.counts else np.round(v, 2) for k, v in noisy.items()}
 
 
 def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None) -> ClientApp:

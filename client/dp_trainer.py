@@ -25,6 +25,8 @@ from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re
 from common.models import exchanged_state
 from common.privacy.accounting import DpSgdEvent
 from common.privacy.noise import Randomness
+from common.tasks import Task
+from common.tasks.classification import Classification
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ def train_local(
     *,
     privacy: PrivacyPlan | None,
     randomness: Randomness,
+    task: Task | None = None,
     device: torch.device | None = None,
 ) -> LocalResult:
     """Train ``model`` (not modified) on ``data`` for one round; return the new weights.
@@ -126,7 +129,8 @@ def train_local(
     sampling_rng = randomness.sampling_generator()
     noise_rng = randomness.noise_generator(device)
     optimizer = torch.optim.SGD(_params(model), lr=plan.learning_rate)
-    loss_fn: nn.Module = nn.CrossEntropyLoss()
+    criterion = (task or Classification()).criterion()  # the per-example loss DP-SGD clips
+    loss_fn: nn.Module = criterion
 
     if privacy is not None:
         from opacus import PrivacyEngine
@@ -179,7 +183,7 @@ def train_local(
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
                         loss.backward()
                     if privacy is not None:
-                        _drop_non_finite_examples(model, xb, yb, privacy)
+                        _drop_non_finite_examples(model, xb, yb, privacy, criterion)
                 else:
                     # An empty Poisson batch is still a step: Opacus adds pure noise.
                     _empty_step_grads(model, privacy)
@@ -211,7 +215,9 @@ def train_local(
     )
 
 
-def _drop_non_finite_examples(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, privacy: PrivacyPlan) -> None:
+def _drop_non_finite_examples(
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, privacy: PrivacyPlan, criterion: nn.Module
+) -> None:
     """An example whose gradient is not finite contributes nothing (before clipping).
 
     Without this, a server could craft a global model that overflows on one record only: that
@@ -225,7 +231,7 @@ def _drop_non_finite_examples(model: nn.Module, xb: torch.Tensor, yb: torch.Tens
         # example (the same clipped sum, with non-finite examples left out).
         if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
             return
-        _clipped_sum_by_example(model, xb, yb, params, privacy.max_grad_norm)
+        _clipped_sum_by_example(model, xb, yb, params, privacy.max_grad_norm, criterion)
         return
     samples = [p.grad_sample for p in params if isinstance(getattr(p, "grad_sample", None), torch.Tensor)]
     if not samples:
@@ -239,7 +245,12 @@ def _drop_non_finite_examples(model: nn.Module, xb: torch.Tensor, yb: torch.Tens
 
 
 def _clipped_sum_by_example(
-    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, params: list[nn.Parameter], max_grad_norm: float
+    model: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    params: list[nn.Parameter],
+    max_grad_norm: float,
+    criterion: nn.Module,
 ) -> None:
     """``p.grad`` = the sum over finite examples of each example's gradient clipped to
     ``max_grad_norm`` (what ghost clipping computes), one backward pass per example."""
@@ -249,7 +260,11 @@ def _clipped_sum_by_example(
         for j in range(len(yb)):
             for p in params:
                 p.grad = None
-            nn.functional.cross_entropy(model(xb[j : j + 1]), yb[j : j + 1], reduction="sum").backward()
+            reduction, criterion.reduction = criterion.reduction, "sum"
+            try:
+                criterion(model(xb[j : j + 1]), yb[j : j + 1]).backward()
+            finally:
+                criterion.reduction = reduction
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             if not all(bool(torch.isfinite(g).all()) for g in grads):
                 continue

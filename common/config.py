@@ -26,6 +26,11 @@ class ModelKind(StrEnum):
     TRANSFORMER = "transformer"
 
 
+class TaskKind(StrEnum):
+    CLASSIFICATION = "classification"
+    BINARY_RISK = "binary-risk"
+
+
 class Strategy(StrEnum):
     FEDAVG = "fedavg"
     FEDPROX = "fedprox"
@@ -97,6 +102,12 @@ class RunConfig:
     # none for a user's CSV (which then fails closed). In a simulation it stands in for every
     # site's policy; a deployed site's own policy names its schema.
     feature_schema: str = ""
+    # task (common/tasks): what is learnt and how it is judged
+    task: str = "classification"  # classification | binary-risk
+    positive_label: str = ""  # binary-risk: the class name of the positive (risk) class
+    decision_threshold: float = 0.5  # binary-risk: flag a record when P(positive) >= this
+    score_bins: int = 1000  # binary-risk: score histogram bins of the pooled AUC (fewer = less DP noise)
+    class_weights: str = ""  # binary-risk: public loss weight per class, in class order, e.g. "1,10"
     # federation
     rounds: int = 5
     strategy: str = "fedavg"
@@ -212,6 +223,37 @@ class RunConfig:
             "partition",
             f"must be one of {', '.join(PartitionKind)}",
             self.partition,
+        )
+        _check(self.task in {k.value for k in TaskKind}, "task", f"must be one of {', '.join(TaskKind)}", self.task)
+        _check(
+            self.task == "binary-risk" or not self.positive_label,
+            "positive-label",
+            f"applies to task binary-risk (task is {self.task!r})",
+            self.positive_label,
+        )
+        _check(
+            self.task != "binary-risk" or bool(self.positive_label),
+            "positive-label",
+            "must name the positive class for task binary-risk",
+            self.positive_label,
+        )
+        _check(0 < self.decision_threshold < 1, "decision-threshold", "must be in (0, 1)", self.decision_threshold)
+        _check(2 <= self.score_bins <= 10_000, "score-bins", "must be in [2, 10000]", self.score_bins)
+        try:
+            weights = self.class_weight_list
+        except ValueError:
+            weights = (float("nan"),)
+        _check(
+            all(0 < w <= 1e3 for w in weights),
+            "class-weights",
+            "must be comma-separated numbers in (0, 1000]",
+            self.class_weights,
+        )
+        _check(
+            not weights or self.task == "binary-risk",
+            "class-weights",
+            f"applies to task binary-risk (task is {self.task!r})",
+            self.class_weights,
         )
         _check(
             self.model in {k.value for k in ModelKind},
@@ -342,6 +384,10 @@ class RunConfig:
     @property
     def class_name_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.class_names.split(",") if c.strip())
+
+    @property
+    def class_weight_list(self) -> tuple[float, ...]:
+        return tuple(float(w) for w in self.class_weights.split(",") if w.strip())
 
     @property
     def lora_target_names(self) -> tuple[str, ...]:

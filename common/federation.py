@@ -28,11 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.config import RunConfig
-from common.data.sources import load_source
+from common.data.sources import load_source, table_schema
 from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
 from common.models import MODEL_FAMILIES, ModelKind, ModelSpec
 from common.partition import PartitionKind, PartitionSpec, partition
+from common.tasks import Task, task_for
 from common.transformer import LoraSpec
 
 
@@ -53,6 +54,21 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     if len(test) == 0:
         raise DataError(f"{pool.source}: the test split is empty; use more records or a larger test-fraction")
     return pool, test
+
+
+def class_names(cfg: RunConfig) -> tuple[str, ...]:
+    """The job's classes in label order, as far as the config and the public schema name them
+    (``()`` when only the data would say, e.g. an npz without class-names)."""
+    if cfg.class_name_list:
+        return cfg.class_name_list
+    schema = table_schema(cfg)
+    return schema.class_names if schema is not None else ()
+
+
+def job_task(cfg: RunConfig) -> Task:
+    """The job's task (:mod:`common.tasks`), with the positive class of binary-risk resolved
+    against the job's class names."""
+    return task_for(cfg, class_names(cfg))
 
 
 def model_spec(cfg: RunConfig) -> ModelSpec:

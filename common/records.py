@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
+
 ARRAYS = "arrays"  # ArrayRecord: model weights
 CONFIG = "config"  # ConfigRecord: round instructions
 METRICS = "metrics"  # MetricRecord: a site's reply
@@ -9,6 +13,11 @@ METRICS = "metrics"  # MetricRecord: a site's reply
 SERVER_ROUND = "server-round"
 NUM_EXAMPLES = "num-examples"  # FedAvg weights by this
 SITE_ID = "site-id"
+# An evaluation reply: the task's additive statistics (noised under DP evaluation), one list of
+# floats each under EVAL_STAT_PREFIX + name, and the site's metrics computed from them under
+# EVAL_METRIC_PREFIX + name (post-processing; the server pools the statistics, not these).
+EVAL_STAT_PREFIX = "eval-stat-"
+EVAL_METRIC_PREFIX = "eval-"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 # Privacy accounting of a site (cumulative over every step it has taken in this job):
@@ -36,4 +45,21 @@ UPDATE_SHA256 = "update-sha256"
 CLAIM = "claim"
 # An evaluation reply that the site's policy does not allow (no records were read).
 EVAL_REFUSED = "eval-refused"
-EVAL_CORRECT = "eval-correct"  # noised count of correct predictions (DP evaluation)
+
+
+def stats_record(stats: Mapping[str, np.ndarray]) -> dict[str, list[float]]:
+    """A task's statistics as MetricRecord values (flattened lists of floats)."""
+    return {EVAL_STAT_PREFIX + k: [float(v) for v in np.asarray(a).ravel()] for k, a in stats.items()}
+
+
+def stats_from_record(metrics: Mapping[str, object], like: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The statistics in a reply, shaped as ``like`` (the task's statistics of no records);
+    a missing or mis-sized one is a ValueError naming it."""
+    out = {}
+    for name, template in like.items():
+        value = metrics.get(EVAL_STAT_PREFIX + name)
+        array = np.asarray(value if isinstance(value, list) else [value], dtype=np.float64)
+        if value is None or array.size != np.asarray(template).size or not np.isfinite(array).all():
+            raise ValueError(f"evaluation reply: statistic {name!r} missing, mis-sized or not finite")
+        out[name] = array.reshape(np.shape(template))
+    return out

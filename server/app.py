@@ -17,7 +17,7 @@ from flwr.serverapp.strategy import Strategy
 from common import records as rk
 from common.config import RunConfig
 from common.evaluation import evaluate
-from common.federation import model_spec, server_test_set
+from common.federation import job_task, model_spec, server_test_set
 from common.models import (
     build_model,
     exchanged_bytes,
@@ -27,6 +27,7 @@ from common.models import (
     load_exchanged,
     tensor_bytes,
 )
+from common.tasks import Task, pooled
 from server import checkpoint, report, secagg
 from server.progress import ProgressGrid
 from server.server_ledger import ServerLedger, simulation_paths
@@ -49,24 +50,26 @@ def summarize_train(replies: list[RecordDict], weighted_by_key: str) -> MetricRe
     return MetricRecord(out)
 
 
-def summarize_evaluate(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
-    """Example-weighted mean of the sites' validation loss and accuracy."""
-    metrics = [r[rk.METRICS] for r in replies]
-    total = sum(float(m[weighted_by_key]) for m in metrics)
-    return MetricRecord(
-        {
-            key: sum(float(m[key]) * float(m[weighted_by_key]) for m in metrics) / total
-            for key in (rk.EVAL_LOSS, rk.EVAL_ACCURACY)
-        }
-    )
+def summarize_evaluate(task: Task) -> Callable[[list[RecordDict], str], MetricRecord]:
+    """Pool the sites' evaluation statistics by summing them, then turn the pooled statistics
+    into the task's metrics (an AUC of all the sites' records, not a mean of per-site AUCs)."""
+    like = task.zero()
+
+    def summarize(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+        metrics = [r[rk.METRICS] for r in replies]
+        stats = pooled(rk.stats_from_record(m, like) for m in metrics)
+        n = sum(int(m[rk.NUM_EXAMPLES]) for m in metrics)
+        return MetricRecord({rk.EVAL_METRIC_PREFIX + k: v for k, v in task.metrics(stats, n).items()})
+
+    return summarize
 
 
-def build_strategy(cfg: RunConfig) -> Strategy:
+def build_strategy(cfg: RunConfig, task: Task | None = None) -> Strategy:
     """The job's aggregation rule from :data:`server.strategies.STRATEGIES`, sampling
     ``fraction-train`` of the sites."""
     common: dict[str, Any] = {
         "train_metrics_aggr_fn": summarize_train,
-        "evaluate_metrics_aggr_fn": summarize_evaluate,
+        "evaluate_metrics_aggr_fn": summarize_evaluate(task or job_task(cfg)),
         "fraction_train": cfg.fraction_train,
         "fraction_evaluate": cfg.fraction_evaluate,
         "min_train_nodes": 1,
@@ -80,14 +83,14 @@ def central_evaluation(cfg: RunConfig, tracking: SiteTracking) -> Callable[[int,
     """Score the global model on the server's own test set (when enabled) after each round."""
     test = server_test_set(cfg) if cfg.centralized_eval else None
     spec = model_spec(cfg)
+    task = job_task(cfg)
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         metrics: dict[str, float] = {}
         if test is not None:
             model = build_model(spec, seed=cfg.seed)
             load_exchanged(model, arrays.to_torch_state_dict())
-            loss, accuracy = evaluate(model, test)
-            metrics = {"loss": loss, "accuracy": accuracy}
+            metrics = evaluate(model, test, task)
         tracking.record_central(server_round, arrays, metrics)
         return MetricRecord(metrics) if metrics else None
 
@@ -132,7 +135,8 @@ def run_server(
     ledger = ServerLedger(paths)
     ckpt_path = paths.root / checkpoint.CHECKPOINT_FILE
     ckpt = checkpoint.load(ckpt_path) if cfg.resume else None
-    strategy = build_strategy(cfg)
+    task = job_task(cfg)
+    strategy = build_strategy(cfg, task)
     initial = ArrayRecord(exchanged_state(model))
     job, done = _new_job_id(), 0
     if ckpt is not None:
@@ -157,6 +161,7 @@ def run_server(
         ledger=ledger,
         progress=progress,
         max_update_norm=cfg.max_update_norm,
+        headline=task.headline,
         round_offset=done,
         on_round_end=save_checkpoint,
         frozen_sha256=frozen_sha256(model),
@@ -200,6 +205,8 @@ def run_server(
         stopped_after=tracking.stopped_after,
         stop_reason=tracking.stop_reason,
         model=model_summary(cfg, model),
+        headline=task.headline,
+        shown_metrics=task.shown,
     )
     report.write_metrics(out, metrics)
     report.write_model(out, final.to_torch_state_dict())

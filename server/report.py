@@ -31,6 +31,8 @@ def build_metrics(
     stopped_after: int | None = None,
     stop_reason: str = "",
     model: dict[str, Any] | None = None,
+    headline: str = "accuracy",
+    shown_metrics: tuple[str, ...] = ("accuracy",),
 ) -> dict[str, Any]:
     """The metrics document: one entry per round, and a ``final`` section."""
     last_site: dict[int, dict[str, float]] = {}
@@ -55,13 +57,15 @@ def build_metrics(
                 "noise_multiplier": log.train[site_id].get(rk.NOISE_MULTIPLIER) if site_id in log.train else None,
                 "sample_rate": log.train[site_id].get(rk.SAMPLE_RATE) if site_id in log.train else None,
             }
-        global_eval = log.central_eval or {
-            "loss": log.federated_eval.get(rk.EVAL_LOSS),
-            "accuracy": log.federated_eval.get(rk.EVAL_ACCURACY),
-        }
+        federated = {k.removeprefix(rk.EVAL_METRIC_PREFIX): v for k, v in log.federated_eval.items()}
+        global_eval = log.central_eval or federated
         out_rounds.append(
             {
                 "round": log.round,
+                # every metric of the job's task (common/tasks), pooled from the sites' statistics
+                # (federated_metrics) or computed on the server's test set (metrics)
+                "metrics": dict(global_eval),
+                "federated_metrics": federated,
                 "loss": global_eval.get("loss"),
                 "accuracy": global_eval.get("accuracy"),
                 "federated_loss": log.federated_eval.get(rk.EVAL_LOSS),
@@ -91,6 +95,9 @@ def build_metrics(
         "epsilon_budget": cfg.epsilon if cfg.dp else None,  # default; per-site in final.sites
         "delta": cfg.delta if cfg.dp else None,
         "accuracy_scored_on": "server test set" if cfg.centralized_eval else "sites' validation splits",
+        "task": cfg.task,
+        "headline": headline,
+        "shown_metrics": list(shown_metrics),
         "model": model or {},
         "rounds": out_rounds,
         "final": {
@@ -98,6 +105,7 @@ def build_metrics(
             "accuracy": final_round.get("accuracy"),
             "loss": final_round.get("loss"),
             "federated_accuracy": final_round.get("federated_accuracy"),
+            "metrics": final_round.get("metrics", {}),
             "sites": {
                 str(s): {
                     "records": records.get(s),
@@ -163,19 +171,22 @@ def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
 
     rounds = [r["round"] for r in metrics["rounds"]]
     fig, (ax_acc, ax_eps) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax_acc.plot(rounds, [r["accuracy"] for r in metrics["rounds"]], marker="o", label="global model")
-    fed = [r["federated_accuracy"] for r in metrics["rounds"]]
+    shown = metrics.get("shown_metrics") or ["accuracy"]
+    for name in shown:
+        values = [r.get("metrics", {}).get(name, r.get(name)) for r in metrics["rounds"]]
+        ax_acc.plot(rounds, [v if v is not None else float("nan") for v in values], marker="o", label=f"{name}")
+    fed = [r.get("federated_metrics", {}).get(shown[0]) for r in metrics["rounds"]]
     if any(v is not None for v in fed) and metrics["accuracy_scored_on"] == "server test set":
         ax_acc.plot(
             rounds,
             [v if v is not None else float("nan") for v in fed],
             marker=".",
             linestyle="--",
-            label="sites' validation (federated)",
+            label=f"{shown[0]}, sites' validation (federated)",
         )
     ax_acc.set_xlabel("round")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.set_title(f"Accuracy ({metrics['accuracy_scored_on']})")
+    ax_acc.set_ylabel(", ".join(shown) if len(shown) > 1 else shown[0])
+    ax_acc.set_title(f"{metrics.get('task', 'classification')} ({metrics['accuracy_scored_on']})")
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(loc="lower right")
     if metrics["dp"]:

@@ -110,8 +110,10 @@ class SiteTracking(Strategy):
         on_round_end: Callable[[int, ArrayRecord], None] | None = None,
         frozen_sha256: str = "",
         max_failed_rounds: int = 3,
+        headline: str = "accuracy",
     ) -> None:
         self.inner = inner
+        self.headline = headline  # the task's metric the progress line shows
         self.max_failed_rounds = max_failed_rounds
         self.failed_in_a_row = 0
         self.stop_reason = ""
@@ -317,7 +319,10 @@ class SiteTracking(Strategy):
             if not msg.has_error():
                 m = msg.content[rk.METRICS]
                 log.evaluate[int(m[rk.SITE_ID])] = {
-                    k: float(m[k]) for k in (rk.EVAL_LOSS, rk.EVAL_ACCURACY, rk.NUM_EXAMPLES)
+                    k: float(v)  # type: ignore[arg-type]
+                    for k, v in m.items()
+                    if k == rk.NUM_EXAMPLES
+                    or (k.startswith(rk.EVAL_METRIC_PREFIX) and not k.startswith(rk.EVAL_STAT_PREFIX))
                 }
         if not any(not msg.has_error() for msg in replies):
             log.seconds = time.monotonic() - self._t0
@@ -339,13 +344,13 @@ class SiteTracking(Strategy):
         log.seconds = time.monotonic() - self._t0
         if self.on_round_end is not None:
             self.on_round_end(server_round, arrays)
-        self._progress(progress_line(log, self.num_rounds))
+        self._progress(progress_line(log, self.num_rounds, self.headline))
 
     def summary(self) -> None:
         self.inner.summary()
 
 
-def progress_line(log: RoundLog, num_rounds: int) -> str:
+def progress_line(log: RoundLog, num_rounds: int, headline: str = "accuracy") -> str:
     trained = len(log.train) - len(log.resent)
     parts = [f"round {log.round}/{num_rounds}", f"{trained}/{log.sites_asked} sites trained"]
     if log.resent:  # a resumed round: the sites answered with the update they had already released
@@ -357,9 +362,10 @@ def progress_line(log: RoundLog, num_rounds: int) -> str:
     eps = [m[rk.EPSILON] for m in log.train.values() if rk.EPSILON in m]
     if eps:
         parts.append(f"max epsilon {max(eps):.3f}")
+    label = headline.replace("_", "-")
     if log.central_eval:
-        parts.append(f"test accuracy {log.central_eval['accuracy']:.3f}")
+        parts.append(f"test {label} {log.central_eval.get(headline, float('nan')):.3f}")
     elif log.federated_eval:
-        parts.append(f"site accuracy {log.federated_eval.get(rk.EVAL_ACCURACY, float('nan')):.3f}")
+        parts.append(f"site {label} {log.federated_eval.get(rk.EVAL_METRIC_PREFIX + headline, float('nan')):.3f}")
     parts.append(f"{log.seconds:.1f}s")
     return "  ".join(parts)

@@ -18,6 +18,7 @@ from common.data.sources import SOURCES
 from common.errors import FedshieldError
 from common.models import MODEL_FAMILIES
 from common.partition import PARTITIONS
+from common.tasks import TASKS
 from server.strategies import STRATEGIES
 from simulations import keys_cli, scenarios
 
@@ -42,6 +43,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "alpha": (float, "Dirichlet concentration for label/quantity skew"),
     "dataset": (str, _choices(SOURCES)),
     "model": (str, _choices(MODEL_FAMILIES)),
+    "task": (str, _choices(TASKS)),
+    "positive-label": (str, "binary-risk: the class (label value) that is the risk, e.g. 1"),
     "data-path": (str, "data file or folder for csv / npz / image-folder"),
     "label-column": (str, "label column of a CSV file"),
     "site-budgets": (str, "per-site epsilon budgets overriding --epsilon, e.g. site-0=0.5,site-3=2"),
@@ -183,10 +186,16 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
         lines.append(f"stopped after round {metrics['stopped_after_round']}: {reason}")
     where = metrics["accuracy_scored_on"]
     label = "private model" if metrics["dp"] else "non-private model"
-    if final["accuracy"] is not None:
-        lines.append(f"final accuracy, {label}: {final['accuracy']:.3f}  ({where})")
+    headline = metrics.get("headline", "accuracy")
+    scores = final.get("metrics") or {"accuracy": final["accuracy"]}
+    if scores.get(headline) is not None:
+        lines.append(f"final {headline}, {label}: {scores[headline]:.3f}  ({where})")
+        others = [f"{k} {v:.3f}" for k, v in scores.items() if k not in (headline, "loss") and v is not None]
+        if others and len(metrics.get("shown_metrics", [])) > 1:
+            lines.append("  " + "  ".join(others))
     if baseline is not None:
-        lines.append(f"final accuracy, same run without DP: {baseline['final']['accuracy']:.3f}")
+        base = baseline["final"].get("metrics") or {"accuracy": baseline["final"]["accuracy"]}
+        lines.append(f"final {headline}, same run without DP: {base.get(headline, float('nan')):.3f}")
     elif metrics["dp"]:
         lines.append("for the same run without DP, add --compare-no-dp (or run with --no-dp)")
     return "\n".join(lines)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sklearn.metrics import roc_auc_score
 
 from common import records as rk
 from common.config import RunConfig
+from common.tasks.binary_risk import BinaryRisk
+from common.tasks.classification import Classification
 from server.app import build_strategy, summarize_evaluate
 from server.tracking import SiteTracking
 
@@ -63,14 +67,34 @@ def test_failed_replies_are_recorded_and_skipped() -> None:
     assert "site went offline" in tracking.rounds[0].failures[0]
 
 
-def test_federated_evaluation_is_example_weighted() -> None:
-    replies = [
-        RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 10, rk.EVAL_LOSS: 1.0, rk.EVAL_ACCURACY: 0.5})}),
-        RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: 30, rk.EVAL_LOSS: 2.0, rk.EVAL_ACCURACY: 0.9})}),
-    ]
-    out = summarize_evaluate(replies, rk.NUM_EXAMPLES)
+def test_federated_evaluation_pools_statistics_then_computes_metrics() -> None:
+    """Accuracy pooled from counts is the example-weighted mean of the sites' accuracies."""
+
+    def reply(n: int, correct: float, loss_units: float) -> RecordDict:
+        stats = {"correct": np.array([correct]), "loss": np.array([loss_units])}
+        return RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: n, **rk.stats_record(stats)})})
+
+    out = summarize_evaluate(Classification())([reply(10, 5, 1.0), reply(30, 27, 6.0)], rk.NUM_EXAMPLES)
     assert out[rk.EVAL_ACCURACY] == pytest.approx(np.average([0.5, 0.9], weights=[10, 30]))
     assert out[rk.EVAL_LOSS] == pytest.approx(np.average([1.0, 2.0], weights=[10, 30]))
+
+
+def test_federated_auc_is_the_auc_of_all_sites_records_not_a_mean_of_site_aucs() -> None:
+    """Site A ranks its own records perfectly and so does site B, but B's scores sit above
+    A's: pooled, A's positives rank below B's negatives. A mean of per-site AUCs says 1.0."""
+    task = BinaryRisk(positive=1, bins=100)
+
+    def reply(margins: list[float], labels: list[int]) -> RecordDict:
+        logits = torch.tensor([[0.0, m] for m in margins])
+        stats = task.statistics(logits, torch.tensor(labels))
+        return RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: len(labels), **rk.stats_record(stats)})})
+
+    a = reply([-8, -7, -6, -5], [0, 0, 1, 1])
+    b = reply([4, 5, 6, 7], [0, 0, 1, 1])
+    out = summarize_evaluate(task)([a, b], rk.NUM_EXAMPLES)
+    margins = np.array([-8, -7, -6, -5, 4, 5, 6, 7])
+    assert out[rk.EVAL_METRIC_PREFIX + "roc_auc"] == pytest.approx(roc_auc_score([0, 0, 1, 1, 0, 0, 1, 1], margins))
+    assert out[rk.EVAL_METRIC_PREFIX + "roc_auc"] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("name, cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])

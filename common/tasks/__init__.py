@@ -1,0 +1,54 @@
+"""Tasks: what is learnt and how it is judged (see :mod:`common.tasks.base`). One module per
+kind and one line in :data:`TASKS`; the trainer, the sites' evaluation, the server's pooling,
+the report and ``--help`` go through the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from common.config import RunConfig, TaskKind
+from common.errors import ConfigError
+from common.tasks.base import LOSS_BOUND, Statistics, Task, flat, pooled, unflat
+from common.tasks.binary_risk import BinaryRisk
+from common.tasks.classification import Classification
+
+__all__ = ["LOSS_BOUND", "TASKS", "Statistics", "Task", "flat", "pooled", "task_for", "unflat"]
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    summary: str
+    build: Callable[[RunConfig, tuple[str, ...]], Task]
+
+
+def _binary_risk(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
+    if len(class_names) != 2:
+        raise ConfigError(
+            f"task binary-risk needs exactly two classes, got {len(class_names)}"
+            + (f" ({', '.join(class_names)})" if class_names else "; set class-names")
+        )
+    if cfg.positive_label not in class_names:
+        raise ConfigError(
+            f"positive-label must be one of the classes {', '.join(class_names)}, got {cfg.positive_label!r}"
+        )
+    try:
+        return BinaryRisk(
+            positive=class_names.index(cfg.positive_label),
+            threshold=cfg.decision_threshold,
+            bins=cfg.score_bins,
+            class_weights=cfg.class_weight_list,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+TASKS: dict[TaskKind, TaskEntry] = {
+    TaskKind.CLASSIFICATION: TaskEntry(Classification.summary, lambda cfg, names: Classification()),
+    TaskKind.BINARY_RISK: TaskEntry(BinaryRisk.summary, _binary_risk),
+}
+
+
+def task_for(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
+    """The job's task, given the classes its labels map to (by position)."""
+    return TASKS[TaskKind(cfg.task)].build(cfg, class_names)
