@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.config import RunConfig
-from common.data.sources import load_source, table_schema
+from common.data.sources import load_source, source, table_schema
 from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
 from common.models import MODEL_FAMILIES, ModelKind, ModelSpec
@@ -62,7 +62,7 @@ def class_names(cfg: RunConfig) -> tuple[str, ...]:
     if cfg.class_name_list:
         return cfg.class_name_list
     schema = table_schema(cfg)
-    return schema.class_names if schema is not None else ()
+    return schema.class_names if schema is not None and schema.class_names else source(cfg).classes
 
 
 def job_task(cfg: RunConfig) -> Task:

@@ -34,9 +34,12 @@ class TextTable:
     source: str
 
 
-def read_text_table(path: str | Path, *, text_field: str = "text", label_field: str = "label") -> TextTable:
+def read_text_table(
+    path: str | Path, *, text_field: str = "text", label_field: str = "label", labels_optional: bool = False
+) -> TextTable:
     """Texts and raw labels from a ``.csv`` (header row) or ``.jsonl``/``.json`` (one JSON
-    object per line) file."""
+    object per line) file. With ``labels_optional`` (prediction), a file whose records have no
+    label field at all gives empty labels."""
     path = Path(path)
     require_file(path)
     suffix = path.suffix.lower()
@@ -50,9 +53,10 @@ def read_text_table(path: str | Path, *, text_field: str = "text", label_field: 
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     rows = _csv_rows(path, content) if suffix == ".csv" else _jsonl_rows(path, content)
     texts, labels = [], []
+    unlabelled = labels_optional and all(row.get(label_field) in (None, "") for _, row in rows)
     for line, row in rows:
         text = _field(row, text_field, path, line, kind="text")
-        label = _field(row, label_field, path, line, kind="label")
+        label = "" if unlabelled else _field(row, label_field, path, line, kind="label")
         texts.append(text)
         labels.append(label)
     if not texts:

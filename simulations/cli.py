@@ -116,6 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     for flag, (kind, help_text) in _FLAGS.items():
         sim.add_argument(f"--{flag}", type=kind, help=help_text)
     sub.add_parser("scenarios", help="list the shipped scenarios")
+    pred = sub.add_parser("predict", help="apply a run's final global model to new records")
+    pred.add_argument("--model", required=True, metavar="RUN_DIR", help="output folder of a finished run")
+    pred.add_argument("--data", required=True, metavar="FILE", help="records in the format the run trained on")
+    pred.add_argument("--out", default="predictions.csv", help="where to write one row per record (CSV)")
     audit_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     return parser
@@ -237,6 +241,23 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from common.paths import writable_folder
+    from server.predict import predict, write_predictions
+
+    out = Path(args.out).expanduser().resolve()
+    if out.is_dir():
+        raise FedshieldError(f"--out {out}: a folder; give the predictions file to write (e.g. predictions.csv)")
+    writable_folder(out.parent, "--out")
+    result = predict(args.model, args.data)
+    path = write_predictions(result, out)
+    print(f"wrote {len(result.probabilities)} predictions to {path}")
+    if result.labelled:
+        scores = "  ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
+        print(f"on the labels in {args.data}: {scores}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -244,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in scenarios.available():
                 print(scenarios.describe(name))
             return 0
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "audit":
             return audit_cli.main(args)
         if args.command == "keys":

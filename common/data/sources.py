@@ -17,7 +17,7 @@ from common.config import RunConfig
 from common.credit import synthetic_credit
 from common.data.labels import require_class_names
 from common.data.schema import BUILTIN_SCHEMAS, TableSchema, load_schema
-from common.dataset import Dataset
+from common.dataset import Dataset, Modality
 from common.errors import ConfigError
 from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
 from common.notes import DEPARTMENTS, synthetic_notes
@@ -32,8 +32,10 @@ Loaded = tuple[Dataset, Dataset | None]
 class DataSource:
     summary: str
     load: Callable[[RunConfig, TableSchema | None], Loaded]
+    modality: Modality
     user_data: bool = False  # the user's own records (data-path): split evenly unless asked
     table: bool = False  # a table: a feature-schema applies
+    classes: tuple[str, ...] = ()  # the documented classes of a built-in data set (else class-names)
 
 
 def _sklearn(name: str) -> Callable[[RunConfig, TableSchema | None], Loaded]:
@@ -85,17 +87,20 @@ def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) 
     return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
 
 
+_T, _I, _X = Modality.TABULAR, Modality.IMAGE, Modality.TEXT
 SOURCES: dict[str, DataSource] = {
     "sklearn:breast_cancer": DataSource(
-        "scikit-learn's breast cancer table (569 x 30)", _sklearn("breast_cancer"), table=True
+        "scikit-learn's breast cancer table (569 x 30)", _sklearn("breast_cancer"), _T, table=True
     ),
-    "sklearn:digits": DataSource("scikit-learn's digits (1797 8x8 images)", _sklearn("digits")),
-    "synthetic:credit": DataSource("generated credit applications (common/credit.py)", _credit, table=True),
-    "synthetic:notes": DataSource("generated clinical notes (common/notes.py)", _notes),
-    "csv": DataSource("your CSV table (--data-path, --label-column)", _csv, user_data=True, table=True),
-    "npz": DataSource("your NumPy archive x/y [x_test/y_test]", _npz, user_data=True),
-    "image-folder": DataSource("your images, one folder per class", _image_folder, user_data=True),
-    "text": DataSource("your texts, CSV or JSONL (text-field, label-field)", _text, user_data=True),
+    "sklearn:digits": DataSource(
+        "scikit-learn's digits (1797 8x8 images)", _sklearn("digits"), _I, classes=tuple(str(d) for d in range(10))
+    ),
+    "synthetic:credit": DataSource("generated credit applications (common/credit.py)", _credit, _T, table=True),
+    "synthetic:notes": DataSource("generated clinical notes (common/notes.py)", _notes, _X, classes=DEPARTMENTS),
+    "csv": DataSource("your CSV table (--data-path, --label-column)", _csv, _T, user_data=True, table=True),
+    "npz": DataSource("your NumPy archive (train/val/test _images, _labels)", _npz, _I, user_data=True),
+    "image-folder": DataSource("your images, one folder per class", _image_folder, _I, user_data=True),
+    "text": DataSource("your texts, CSV or JSONL (text-field, label-field)", _text, _X, user_data=True),
 }
 
 

@@ -1,0 +1,193 @@
+"""``fedshield predict``: apply a run's final global model to new records.
+
+The records get exactly the preprocessing training used, read from the run's own
+``config.toml``: the feature schema's public bounds and categories for a table, the fixed pixel
+rule for images, the pretrained tokenizer for texts, and the class names. A label column or
+field, when the file has one, is used only to report the task's metrics; a file without one is
+scored all the same. Predictions stay on the machine that runs this (nothing is released).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.config import RunConfig
+from common.data.sources import load_source, source, table_schema
+from common.dataset import Dataset, Modality
+from common.errors import ConfigError, DataError
+from common.evaluation import pick_device
+from common.federation import class_names, job_task, model_spec
+from common.loaders import _images_to_chw, require_file, table_from_rows
+from common.models import build_model, load_exchanged
+from common.tasks import Task
+from common.tasks.binary_risk import BinaryRisk
+from common.text_loaders import read_text_table, text_dataset
+from common.transformer import load_tokenizer
+from server.report import CONFIG_FILE, MODEL_FILE
+
+
+@dataclass(frozen=True)
+class Predictions:
+    classes: tuple[str, ...]
+    probabilities: np.ndarray  # (N, classes)
+    labelled: bool  # the file had labels: ``metrics`` are the task's on them
+    metrics: dict[str, float]
+    task: Task
+
+    @property
+    def predicted(self) -> np.ndarray:
+        if isinstance(self.task, BinaryRisk):
+            flagged = self.probabilities[:, self.task.positive] >= self.task.threshold
+            return np.where(flagged, self.task.positive, 1 - self.task.positive)
+        return self.probabilities.argmax(1)
+
+
+def run_config(run_dir: str | Path) -> RunConfig:
+    """The configuration a run was trained with (its ``config.toml``)."""
+    from simulations.scenarios import load_scenario
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"--model {run}: not a folder (give the output folder of a fedshield run)")
+    for name in (CONFIG_FILE, MODEL_FILE):
+        if not (run / name).is_file():
+            raise ConfigError(f"--model {run}: no {name}; is this the output folder of a finished fedshield run?")
+    return load_scenario(str(run / CONFIG_FILE))
+
+
+def _classes(cfg: RunConfig) -> tuple[str, ...]:
+    names = class_names(cfg)
+    if not names:
+        raise ConfigError(f"the run's config names no class-names for dataset {cfg.dataset!r}; set class-names")
+    return names
+
+
+def _table(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
+    require_file(path)
+    schema = table_schema(cfg)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.reader(fh)
+            header = [h.strip() for h in next(reader, [])]
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+    if not header:
+        raise DataError(f"{path}: file is empty")
+    label = cfg.label_column or (schema.label if schema else "")
+    labelled = label in header
+    if not labelled:  # scored all the same: a placeholder label, never reported
+        header = [*header, label]
+        rows = [(line, [*row, classes[0]]) for line, row in rows]
+    data = table_from_rows(
+        header,
+        rows,
+        source=str(path),
+        label_column=label,
+        schema=schema,
+        categorical_columns=cfg.categorical,
+        class_names=cfg.class_name_list,
+    )
+    return data, labelled
+
+
+def _texts(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
+    table = read_text_table(path, text_field=cfg.text_field, label_field=cfg.label_field, labels_optional=True)
+    labelled = all(table.labels)
+    if not labelled:
+        table = type(table)(table.texts, [classes[0]] * len(table.texts), table.source)
+    tokenizer = load_tokenizer(cfg.pretrained_path)
+    return text_dataset(table, tokenizer, max_length=cfg.max_length, classes=classes), labelled
+
+
+def _npz(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
+    require_file(path)
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        keys = set(arrays.files)
+    except (ValueError, OSError, EOFError, AttributeError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc or type(exc).__name__})") from None
+    name = next((k for k in ("images", "test_images", "train_images") if k in keys), None)
+    if name is None:
+        raise DataError(f"{path}: expected an array 'images' (or test_images), found {', '.join(sorted(keys))}")
+    x = _images_to_chw(arrays[name], f"{path}:{name}")
+    label_key = name.replace("images", "labels")
+    labelled = label_key in keys
+    y = np.asarray(arrays[label_key]).reshape(-1).astype(np.int64) if labelled else np.zeros(len(x), np.int64)
+    if labelled and (len(y) != len(x) or ((y < 0) | (y >= len(classes))).any()):
+        raise DataError(f"{path}: {label_key} must hold one class index in [0, {len(classes)}) per image")
+    return Dataset(x, y, len(classes), Modality.IMAGE, str(path)), labelled
+
+
+def load_records(cfg: RunConfig, data: str | Path) -> tuple[Dataset, bool]:
+    """New records in the format the run was trained on, preprocessed as in training; and
+    whether they carry labels."""
+    path = Path(data).expanduser().resolve()
+    classes = _classes(cfg)
+    modality = source(cfg).modality
+    if modality is Modality.TABULAR:
+        return _table(cfg, path, classes)
+    if modality is Modality.TEXT:
+        return _texts(cfg, path, classes)
+    if path.is_dir():  # an image folder, one sub-folder per class (the labels)
+        folder = cfg.replace(dataset="image-folder", data_path=str(path), class_names=",".join(classes))
+        return load_source(folder)[0], True
+    return _npz(cfg, path, classes)
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, data: str | Path) -> Predictions:
+    cfg = run_config(run_dir)
+    records, labelled = load_records(cfg, data)
+    classes = _classes(cfg)
+    shape = ",".join(str(d) for d in records.record_shape)
+    spec = model_spec(cfg.replace(input_shape=shape, num_classes=len(classes)))
+    model = build_model(spec, seed=cfg.seed)
+    try:
+        state = torch.load(Path(run_dir) / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a damaged or foreign file
+        what = type(exc).__name__
+        raise ConfigError(f"--model {run_dir}: {MODEL_FILE} is not a readable model file ({what})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"--model {run_dir}: {MODEL_FILE} holds a {type(state).__name__}, not a model's tensors")
+    try:
+        load_exchanged(model, state)
+    except ValueError as exc:
+        raise ConfigError(f"--model {run_dir}: {MODEL_FILE} does not fit the run's model ({exc})") from None
+    device = pick_device()
+    model = model.to(device).eval()
+    x = torch.as_tensor(records.x, device=device)
+    logits = torch.cat([model(x[i : i + 256]).double().cpu() for i in range(0, len(x), 256)])
+    task = job_task(cfg)
+    metrics = task.metrics(task.statistics(logits, torch.as_tensor(records.y)), len(records)) if labelled else {}
+    return Predictions(classes, torch.softmax(logits, 1).numpy(), labelled, metrics, task)
+
+
+def write_predictions(result: Predictions, out: Path) -> Path:
+    """One row per input record, in input order: the predicted class and every class's score
+    (for binary-risk also the risk and whether it is flagged at the run's threshold)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    risk = isinstance(result.task, BinaryRisk)
+    header = ["record", "predicted", *(f"score_{c}" for c in result.classes)]
+    writer.writerow([*header, "risk", "flagged"] if risk else header)
+    predicted = result.predicted
+    for i, (row, k) in enumerate(zip(result.probabilities, predicted, strict=True), start=1):
+        cells = [i, result.classes[k], *(f"{p:.6f}" for p in row)]
+        if risk:
+            p = row[result.task.positive]  # type: ignore[attr-defined]
+            cells += [f"{p:.6f}", int(p >= result.task.threshold)]  # type: ignore[attr-defined]
+        writer.writerow(cells)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    tmp.replace(out)
+    return out
