@@ -562,7 +562,7 @@ def _evaluate_locked(
             delta=budget.delta,
             epsilon=decision.after,
             noise=randomness.as_record(),
-            released=[*rk.stats_record(task.zero()), rk.NUM_EXAMPLES],
+            released=list(rk.stats_record(task.zero())),
         )
     else:
         ledger.record_evaluation(
@@ -570,16 +570,17 @@ def _evaluate_locked(
         )
     val = _node_site(context, cfg, policy).val
     stats = statistics(_global_model(msg, cfg), val, task)
-    n = len(val)
     if policy.evaluation is Evaluation.DP:
         stats = _noised(stats, task, policy.eval_noise_multiplier, randomness.sampling_generator())
     metrics = MetricRecord(
         {
-            rk.NUM_EXAMPLES: n,
+            # Under DP, the noised count (the statistics' own): the exact number of validation
+            # records is not released. Flower's strategies weight by this key.
+            rk.NUM_EXAMPLES: max(int(round(task.count(stats))), 0),
             rk.SITE_ID: settings.site_id,
             **rk.stats_record(stats),
             # post-processing of what is released above
-            **{rk.EVAL_METRIC_PREFIX + k: v for k, v in task.metrics(stats, n).items()},
+            **{rk.EVAL_METRIC_PREFIX + k: v for k, v in task.metrics(stats).items()},
         }
     )
     return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)

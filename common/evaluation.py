@@ -32,4 +32,4 @@ def evaluate(
 ) -> dict[str, float]:
     """The task's metrics of ``model`` on ``data`` (classification: accuracy and loss)."""
     task = task or Classification()
-    return task.metrics(statistics(model, data, task, device=device), len(data))
+    return task.metrics(statistics(model, data, task, device=device))

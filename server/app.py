@@ -58,8 +58,7 @@ def summarize_evaluate(task: Task) -> Callable[[list[RecordDict], str], MetricRe
     def summarize(replies: list[RecordDict], weighted_by_key: str) -> MetricRecord:
         metrics = [r[rk.METRICS] for r in replies]
         stats = pooled(rk.stats_from_record(m, like) for m in metrics)
-        n = sum(int(m[rk.NUM_EXAMPLES]) for m in metrics)
-        return MetricRecord({rk.EVAL_METRIC_PREFIX + k: v for k, v in task.metrics(stats, n).items()})
+        return MetricRecord({rk.EVAL_METRIC_PREFIX + k: v for k, v in task.metrics(stats).items()})
 
     return summarize
 

@@ -167,7 +167,7 @@ def predict(run_dir: str | Path, data: str | Path) -> Predictions:
     x = torch.as_tensor(records.x, device=device)
     logits = torch.cat([model(x[i : i + 256]).double().cpu() for i in range(0, len(x), 256)])
     task = job_task(cfg)
-    metrics = task.metrics(task.statistics(logits, torch.as_tensor(records.y)), len(records)) if labelled else {}
+    metrics = task.metrics(task.statistics(logits, torch.as_tensor(records.y))) if labelled else {}
     return Predictions(classes, torch.softmax(logits, 1).numpy(), labelled, metrics, task)
 
 

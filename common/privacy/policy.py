@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import math
 import os
+import secrets
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -135,12 +136,22 @@ def site_secret(root: Path) -> bytes:
             raise ConfigError(f"{path}: a site secret is 32 bytes, found {len(data)}; restore it from a backup")
         return data
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(os.urandom(32))
-        fh.flush()
-        os.fsync(fh.fileno())
-    return path.read_bytes()
+    # Written whole under a private name, then linked into place: the secret appears complete
+    # or not at all, and of two first requests racing, one links and both read the same bytes.
+    tmp = root / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(os.urandom(32))
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another request created it first: use that one
+    finally:
+        tmp.unlink(missing_ok=True)
+    return site_secret(root)
 
 
 def derived_seed(secret: bytes, purpose: str) -> int:

@@ -8,7 +8,8 @@ records together, not an average of per-site AUCs (which would be wrong for AUC 
 example-weighted mean of accuracies is right only for accuracy).
 
 Each statistic is bounded per record: adding or removing one record (the unit of privacy)
-moves every count by at most one and every clipped sum by at most one, and :attr:`Task.sensitivity`
+moves every count by at most one and every clipped sum by at most one (the number of records
+is itself one of the counts, never released exactly), and :attr:`Task.sensitivity`
 is the L2 norm of that change over all of a task's statistics. A DP evaluation release is then
 the Gaussian mechanism on the whole vector, with standard deviation ``noise_multiplier *
 sensitivity`` on every coordinate (one Gaussian event in the site's ledger).
@@ -60,8 +61,14 @@ class Task(ABC):
         """The additive statistics of one batch (exact; noise is the caller's business)."""
 
     @abstractmethod
-    def metrics(self, stats: Mapping[str, np.ndarray], num_examples: int) -> dict[str, float]:
-        """Metrics from (pooled, possibly noised) statistics of ``num_examples`` records."""
+    def count(self, stats: Mapping[str, np.ndarray]) -> float:
+        """How many records the statistics cover, read from the statistics themselves (so a
+        DP release needs no exact count of the site's validation records: that count would
+        tell a dataset from its neighbour with one record less)."""
+
+    @abstractmethod
+    def metrics(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Metrics from (pooled, possibly noised) statistics."""
 
     def zero(self) -> Statistics:
         """The statistics of no records."""

@@ -11,7 +11,9 @@ logit[neg]`` (so ``p = sigmoid(s)``). Statistics (per record):
 - ``loss``: cross-entropy clipped to [0, LOSS_BOUND], in units of the bound (in [0, 1]).
 - ``brier``: (p - y)^2, in [0, 1].
 
-So the L2 sensitivity of all statistics together is sqrt(1 + 1 + 1 + 1) = 2. The pooled AUC
+So the L2 sensitivity of all statistics together is sqrt(1 + 1 + 1 + 1) = 2 under
+add/remove-one; the number of records is the sum of the confusion cells (no exact count is
+released). The pooled AUC
 from the histograms counts a positive and a negative in the same bin as half a correct pair
 (ties), which is what ``sklearn.metrics.roc_auc_score`` does for tied scores; PR-AUC is the
 average precision (sklearn's ``average_precision_score``) over the bin edges as thresholds.
@@ -113,10 +115,13 @@ class BinaryRisk(Task):
             "brier": np.array([float(((p - is_pos.double()) ** 2).sum())]),
         }
 
-    def metrics(self, stats: Mapping[str, np.ndarray], num_examples: int) -> dict[str, float]:
+    def count(self, stats: Mapping[str, np.ndarray]) -> float:
+        return float(np.asarray(stats["confusion"]).sum())  # every record is in one cell
+
+    def metrics(self, stats: Mapping[str, np.ndarray]) -> dict[str, float]:
         hist = np.clip(np.asarray(stats["hist"], dtype=np.float64), 0.0, None)  # noise can go below 0
         tp, fp, fn, tn = np.clip(np.asarray(stats["confusion"], dtype=np.float64), 0.0, None)
-        n = max(num_examples, 1)
+        n = max(float(tp + fp + fn + tn), 1.0)
         recall = tp / (tp + fn) if tp + fn > 0 else float("nan")
         specificity = tn / (tn + fp) if tn + fp > 0 else float("nan")
         return {

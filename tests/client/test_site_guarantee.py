@@ -186,6 +186,28 @@ def test_dp_evaluation_is_charged_to_the_budget_and_vetoed_when_it_runs_out(tmp_
         assert max(e["epsilon"] for e in evaluations) < metrics[rk.EPSILON] <= 3.0
 
 
+@pytest.mark.parametrize("task", [{}, {"dataset": "synthetic:credit", "task": "binary-risk", "positive_label": "1"}])
+def test_a_dp_evaluation_reply_holds_no_exact_statistic_of_the_records(tmp_path: Path, task: dict) -> None:
+    """The attack that worked: the DP evaluation reply carried the exact number of validation
+    records (num-examples), which tells a dataset from its neighbour with one record less on
+    every reply. Now every value in the reply is a noised statistic or computed from them."""
+    from common.federation import job_task, site_data
+
+    cfg = _cfg(tmp_path, site_evaluation="dp", eval_noise_multiplier=2.0, epsilon=50.0, **task)
+    exact_n = len(site_data(cfg, 1, cfg.sites, val_fraction=0.2, split_seed=0).val)
+    counts = []
+    for r in range(1, 9):
+        metrics = handle_evaluate(_msg(cfg, r, kind=MessageType.EVALUATE), _sim_context(), cfg).content[rk.METRICS]
+        assert rk.EVAL_REFUSED not in metrics
+        counts.append(metrics[rk.NUM_EXAMPLES])
+        task_obj = job_task(cfg)
+        noisy = rk.stats_from_record(metrics, task_obj.zero())
+        assert metrics[rk.NUM_EXAMPLES] == max(round(task_obj.count(noisy)), 0)
+    assert len(set(counts)) > 1 and counts.count(exact_n) < len(counts)  # noised, not the exact count
+    (entry, *_) = [e for e in _entries(tmp_path / "sites" / "site-1") if e["kind"] == "evaluate"]
+    assert rk.NUM_EXAMPLES not in entry["released"]
+
+
 # ---- 5. no double spend under concurrency ----------------------------------------------
 
 

@@ -35,8 +35,7 @@ def test_pooled_auc_from_histograms_matches_sklearn_on_pooled_scores(seed: int) 
     task = BinaryRisk(positive=1)
     sites = _credit_like_sites(seed)
     stats = pooled(task.statistics(logits, y) for logits, y in sites)
-    n = sum(len(y) for _, y in sites)
-    metrics = task.metrics(stats, n)
+    metrics = task.metrics(stats)
     scores = torch.cat([task.scores(logits) for logits, _ in sites]).numpy()
     labels = torch.cat([y for _, y in sites]).numpy()
     assert abs(metrics["roc_auc"] - roc_auc_score(labels, scores)) < 0.005
@@ -56,15 +55,15 @@ def test_a_model_that_flags_nobody_has_the_accuracy_of_the_majority_and_balanced
     margin = torch.linspace(-9, -4, 1000)  # all below the threshold; the ranking is informative
     margin[:33] = torch.linspace(-5, -4.1, 33)  # the defaulters score highest
     stats = BinaryRisk().statistics(torch.stack([torch.zeros(1000), margin], 1), y)
-    m = BinaryRisk().metrics(stats, 1000)
+    m = BinaryRisk().metrics(stats)
     assert m["accuracy"] == pytest.approx(0.967) and m["balanced_accuracy"] == pytest.approx(0.5)
     assert m["recall"] == 0.0 and m["roc_auc"] > 0.85
 
 
 def test_the_positive_class_can_be_class_zero() -> None:
     logits, y = _credit_like_sites(7, sites=1)[0]
-    flipped = BinaryRisk(positive=0).metrics(BinaryRisk(positive=0).statistics(logits.flip(1), 1 - y), len(y))
-    plain = BinaryRisk(positive=1).metrics(BinaryRisk(positive=1).statistics(logits, y), len(y))
+    flipped = BinaryRisk(positive=0).metrics(BinaryRisk(positive=0).statistics(logits.flip(1), 1 - y))
+    plain = BinaryRisk(positive=1).metrics(BinaryRisk(positive=1).statistics(logits, y))
     assert flipped["roc_auc"] == pytest.approx(plain["roc_auc"]) and flipped["recall"] == pytest.approx(plain["recall"])
 
 
@@ -96,7 +95,7 @@ def test_classification_pools_to_the_accuracy_of_all_records() -> None:
     batches = [(torch.randn(n, 4, generator=rng), torch.randint(0, 4, (n,), generator=rng)) for n in (5, 50, 300)]
     stats = pooled(task.statistics(x, y) for x, y in batches)
     x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    m = task.metrics(stats, len(y))
+    m = task.metrics(stats)
     assert m["accuracy"] == pytest.approx(float((x.argmax(1) == y).double().mean()))
     assert m["loss"] == pytest.approx(float(torch.nn.functional.cross_entropy(x, y)), rel=1e-6)
 

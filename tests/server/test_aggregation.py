@@ -71,7 +71,7 @@ def test_federated_evaluation_pools_statistics_then_computes_metrics() -> None:
     """Accuracy pooled from counts is the example-weighted mean of the sites' accuracies."""
 
     def reply(n: int, correct: float, loss_units: float) -> RecordDict:
-        stats = {"correct": np.array([correct]), "loss": np.array([loss_units])}
+        stats = {"count": np.array([float(n)]), "correct": np.array([correct]), "loss": np.array([loss_units])}
         return RecordDict({rk.METRICS: MetricRecord({rk.NUM_EXAMPLES: n, **rk.stats_record(stats)})})
 
     out = summarize_evaluate(Classification())([reply(10, 5, 1.0), reply(30, 27, 6.0)], rk.NUM_EXAMPLES)

@@ -155,7 +155,8 @@ def test_texts_are_tokenized_as_in_training(tmp_path: Path, tiny_text_model: Pat
     np.testing.assert_allclose(result.probabilities, expected, atol=1e-5)
     assert not result.labelled
     labelled = tmp_path / "labelled.jsonl"
-    labelled.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(notes.texts, notes.labels)))
+    pairs = zip(notes.texts, notes.labels, strict=True)
+    labelled.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in pairs))
     assert cli.main(["predict", "--model", cfg.out, "--data", str(labelled), "--out", str(tmp_path / "p.csv")]) == 0
     assert "accuracy" in capsys.readouterr().out
 

@@ -9,6 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from audit.cli import run_audit
+from common.credit import write_credit_csv
+from server.predict import predict
+from simulations.harness import provision_trusted_keys
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,6 +30,10 @@ def _stop_local_superlinks(flwr_home: Path) -> None:
             os.kill(int(proc.name), signal.SIGTERM)
 
 
+# The bank's job through the Flower App: binary risk scoring on synthetic applicants.
+CREDIT = "dataset='synthetic:credit' task='binary-risk' positive-label='1' partition='quantity' alpha=2.0"
+
+
 def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     flwr = shutil.which("flwr") or str(Path(sys.executable).parent / "flwr")
     home = tmp_path / "flwr-home"
@@ -39,7 +48,7 @@ def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
     try:
         proc = subprocess.run(
-            [flwr, "run", str(ROOT), "--run-config", f"rounds=1 out='{out}'", "--stream"],
+            [flwr, "run", str(ROOT), "--run-config", f"rounds=1 out='{out}' {CREDIT}", "--stream"],
             env=env,
             capture_output=True,
             text=True,
@@ -53,3 +62,12 @@ def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     assert set(metrics["final"]["sites"]) == {"0", "1", "2"}
     assert all(0 < s["epsilon"] <= 1.0 for s in metrics["final"]["sites"].values())
     assert (ROOT / "pyproject.toml").read_text() == pyproject_before, "flwr run must not edit tracked files"
+    # The job was binary risk scoring: judged by pooled AUC, and its model predicts new records.
+    assert metrics["task"] == "binary-risk" and metrics["headline"] == "roc_auc"
+    assert 0.5 < metrics["final"]["metrics"]["roc_auc"] <= 1.0
+    result = run_audit([out], provision_trusted_keys(out, tmp_path / "trusted", fresh=True))
+    assert result.verdict == "VERIFIED", [p.what for p in result.problems]
+    applicants = tmp_path / "applicants.csv"
+    write_credit_csv(str(applicants), 200, seed=9)
+    predicted = predict(out, applicants)
+    assert predicted.probabilities.shape == (200, 2) and predicted.metrics["roc_auc"] > 0.5
