@@ -246,8 +246,12 @@ def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
-def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float) -> Message:
-    metrics = MetricRecord({rk.SITE_ID: site_id, rk.REFUSED: 1, rk.EPSILON: spent})
+def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float, budget: float | None = None) -> Message:
+    """A refusal, with what the site has spent and (when it has a policy) its own budget."""
+    values: dict[str, float | int] = {rk.SITE_ID: site_id, rk.REFUSED: 1, rk.EPSILON: spent}
+    if budget is not None:
+        values[rk.BUDGET] = budget
+    metrics = MetricRecord(values)
     refusal = ConfigRecord({rk.SITE_NAME: site, rk.REASON: reason})
     return Message(RecordDict({rk.METRICS: metrics, rk.REFUSAL: refusal}), reply_to=msg)
 
@@ -387,7 +391,7 @@ def _train_locked(
     def refuse(reason: str, spent: float, *, reported: float | None = None) -> Message:
         """Record the refusal in the ledger (with ``spent``), then reply with it."""
         ledger.record_refusal(**base, reason=reason, spent=spent)
-        return _refusal(msg, site_id, site, reason, spent if reported is None else reported)
+        return _refusal(msg, site_id, site, reason, spent if reported is None else reported, budget.epsilon)
 
     def spent_so_far() -> float:
         return float("inf") if spend.non_private_jobs else epsilon(spend.events, delta=budget.delta)
@@ -474,6 +478,7 @@ def _train_locked(
         metrics |= {
             rk.EPSILON: planned_epsilon,  # the trainer checked: the event run is the event planned
             rk.DELTA: budget.delta,
+            rk.BUDGET: budget.epsilon,  # the site's own, as its policy says (not the server's guess)
             rk.DP_STEPS: spend.sgd_steps + result.event.steps,
             rk.NOISE_MULTIPLIER: result.event.noise_multiplier,
             rk.SAMPLE_RATE: result.event.sample_rate,

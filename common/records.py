@@ -26,6 +26,7 @@ DELTA = "delta"
 DP_STEPS = "dp-steps"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
+BUDGET = "budget-epsilon"  # the site's own budget for its data source (its policy's, at DELTA)
 
 JOB_ID = "job-id"  # in the train config: the job a round belongs to (ledgers record it)
 # In the train config when part of the model is frozen (LoRA): the SHA-256 of the server's

@@ -37,8 +37,10 @@ def build_metrics(
     """The metrics document: one entry per round, and a ``final`` section."""
     last_site: dict[int, dict[str, float]] = {}
     records: dict[int, int] = {}
+    budgets: dict[int, float] = {}  # as each site last reported it
     out_rounds = []
     for log in rounds:
+        budgets.update(log.budgets)
         sites = {}
         for site_id in range(num_sites):
             if site_id in log.train:
@@ -112,7 +114,10 @@ def build_metrics(
                     "epsilon": final_round["sites"][str(s)]["epsilon"] if final_round else None,
                     "delta": cfg.delta if cfg.dp else None,
                     "dp_steps": final_round["sites"][str(s)]["dp_steps"] if final_round else 0,
-                    "budget": cfg.budget_epsilon(f"site-{s}") if cfg.dp else None,
+                    # the site's own budget as it reported it; the job's setting for a site that
+                    # never answered (marked by budget_reported_by_site)
+                    "budget": budgets.get(s, cfg.budget_epsilon(f"site-{s}")) if cfg.dp else None,
+                    "budget_reported_by_site": s in budgets,
                     "refusals": refusals[s],
                 }
                 for s in range(num_sites)

@@ -96,6 +96,8 @@ class TrackedFedAvg(LegacyFedAvg):
         for proxy, res in results:
             m = res.metrics
             site_id = int(m[rk.SITE_ID])
+            if rk.BUDGET in m:
+                log.budgets[site_id] = float(m[rk.BUDGET])
             if int(m.get(rk.REFUSED, 0)):
                 log.refusals[site_id] = str(m.get(REPORT + rk.REASON, "refused"))
                 self.tracking.refused_by(proxy.node_id, log.refusals[site_id])
@@ -105,7 +107,15 @@ class TrackedFedAvg(LegacyFedAvg):
                 continue
             log.train[site_id] = {
                 k: float(m[k])
-                for k in (rk.EPSILON, rk.DELTA, rk.DP_STEPS, rk.NOISE_MULTIPLIER, rk.SAMPLE_RATE, rk.NUM_EXAMPLES)
+                for k in (
+                    rk.EPSILON,
+                    rk.DELTA,
+                    rk.BUDGET,
+                    rk.DP_STEPS,
+                    rk.NOISE_MULTIPLIER,
+                    rk.SAMPLE_RATE,
+                    rk.NUM_EXAMPLES,
+                )
                 if k in m
             }
             # Masked: the server cannot hash what it never sees; it records the site's claim.

@@ -28,7 +28,15 @@ from common.models import MAX_ABS_WEIGHT
 from server.server_ledger import ServerLedger
 from server.validation import validate_update
 
-_SITE_TRAIN_KEYS = (rk.EPSILON, rk.DELTA, rk.DP_STEPS, rk.NOISE_MULTIPLIER, rk.SAMPLE_RATE, rk.NUM_EXAMPLES)
+_SITE_TRAIN_KEYS = (
+    rk.EPSILON,
+    rk.DELTA,
+    rk.BUDGET,
+    rk.DP_STEPS,
+    rk.NOISE_MULTIPLIER,
+    rk.SAMPLE_RATE,
+    rk.NUM_EXAMPLES,
+)
 
 
 @dataclass
@@ -40,6 +48,7 @@ class RoundLog:
     resent: set[int] = field(default_factory=set)  # site ids that re-sent an update already released
     rejections: dict[int, str] = field(default_factory=dict)  # site id -> why the server rejected its update
     failures: list[str] = field(default_factory=list)
+    budgets: dict[int, float] = field(default_factory=dict)  # site id -> budget the site reported
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     federated_eval: dict[str, float] = field(default_factory=dict)
     central_eval: dict[str, float] = field(default_factory=dict)
@@ -253,6 +262,8 @@ class SiteTracking(Strategy):
                 continue
             m = msg.content[rk.METRICS]
             site_id = int(m[rk.SITE_ID])
+            if rk.BUDGET in m:
+                log.budgets[site_id] = float(m[rk.BUDGET])  # type: ignore[arg-type]
             if rk.REFUSAL in msg.content:
                 refusal = msg.content[rk.REFUSAL]
                 log.refusals[site_id] = str(refusal[rk.REASON])

@@ -22,7 +22,7 @@ JOB = "job-1"
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "audit", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "fedshield", "audit", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
 
 

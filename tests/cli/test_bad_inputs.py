@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from simulations.cli import main
+from fedshield.cli import main
 
 # ---- files a case may need --------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from fedshield.cli import _parser, describe_run, resolve_config
 from server.report import write_config
-from simulations.cli import _parser, describe_run, resolve_config
 from simulations.scenarios import load_scenario
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_a_run_shows_only_fedshields_own_lines(tmp_path: Path) -> None:
     while the second starts, and Flower's actors used to print "Manually terminating
     ClientAppActor" twice each. The user sees the banner, progress and results only."""
     done = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "simulate", "--scenario", "banks-credit", "--sites", "2",
+        [sys.executable, "-m", "fedshield", "simulate", "--scenario", "banks-credit", "--sites", "2",
          "--rounds", "1", "--compare-no-dp", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -80,4 +80,4 @@ def test_a_run_shows_only_fedshields_own_lines(tmp_path: Path) -> None:
     ]
     assert stray == [], "\n".join(stray)
     assert "Manually terminating" not in done.stderr + done.stdout
-    assert "final accuracy, same run without DP" in done.stdout
+    assert "final roc_auc, same run without DP" in done.stdout  # banks-credit is binary risk scoring

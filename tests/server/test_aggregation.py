@@ -102,3 +102,22 @@ def test_strategies_are_selectable(name: str, cls: str) -> None:
     strategy = build_strategy(RunConfig(strategy=name, fraction_train=0.4))
     assert type(strategy).__name__ == cls
     assert strategy.fraction_train == 0.4
+
+
+def test_metrics_report_each_sites_budget_as_the_site_reported_it() -> None:
+    """A deployed site's budget is its own policy's: the server's config may say 1.0 for every
+    site while site 1 holds 0.5. metrics.json shows what the sites said, and marks a site that
+    never answered (the config's value is only a guess)."""
+    from server.report import build_metrics
+
+    def with_budget(site: int, budget: float) -> Message:
+        msg = _reply(site, [np.ones(2, dtype=np.float32)], 10, 0.2)
+        msg.content[rk.METRICS][rk.BUDGET] = budget
+        return msg
+
+    cfg = RunConfig(epsilon=1.0)
+    tracking = SiteTracking(build_strategy(cfg), num_rounds=1, progress=lambda _: None)
+    tracking.aggregate_train(1, [with_budget(0, 3.0), with_budget(1, 0.5)])
+    final = build_metrics(cfg, tracking.rounds, num_sites=3)["final"]["sites"]
+    assert [final[s]["budget"] for s in "012"] == [3.0, 0.5, 1.0]
+    assert [final[s]["budget_reported_by_site"] for s in "012"] == [True, True, False]

@@ -13,9 +13,9 @@ import torch
 from common.credit import synthetic_credit, write_credit_csv
 from common.federation import model_spec
 from common.models import build_model, exchanged_state
+from fedshield import cli
 from server.predict import predict
 from server.report import write_config, write_model
-from simulations import cli
 from simulations.scenarios import load_scenario
 
 

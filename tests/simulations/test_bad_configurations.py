@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cli import main
+from fedshield.cli import main
 from simulations.harness import trusted_keys_for
 
 

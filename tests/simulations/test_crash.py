@@ -49,7 +49,7 @@ def test_killed_mid_job_then_a_new_job_passes_the_audit(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "simulations.cli",
+        "fedshield",
         "simulate",
         "--scenario",
         "hospitals-tabular",
@@ -93,7 +93,7 @@ def test_killing_only_the_main_process_leaves_no_worker_behind(tmp_path: Path, h
     does it: every process the run started is gone soon after, and no site writes to its
     ledger any more."""
     state = tmp_path / "state"
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--sites", "2", "--rounds", "200"]
+    cmd = [sys.executable, "-m", "fedshield", "simulate", "--sites", "2", "--rounds", "200"]
     cmd += ["--state-dir", str(state), "--out", str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ledger = state / "sites" / "site-0" / "ledger.jsonl"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simulations.cli import main
+from fedshield.cli import main
 
 
 def test_a_site_failing_every_round_ends_the_job_with_the_reason(

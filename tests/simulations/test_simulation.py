@@ -66,7 +66,7 @@ def test_simulation_output_passes_the_audit(run: tuple[Path, dict]) -> None:
     out, _ = run
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "audit", str(out), "--keys", str(trusted_keys_for(out))],
+        [sys.executable, "-m", "fedshield", "audit", str(out), "--keys", str(trusted_keys_for(out))],
         cwd=root,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "keys", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "fedshield", "keys", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
 
 

@@ -19,8 +19,9 @@ from common.errors import FedshieldError
 from common.models import MODEL_FAMILIES
 from common.partition import PARTITIONS
 from common.tasks import TASKS
+from fedshield import keys as keys_cli
 from server.strategies import STRATEGIES
-from simulations import keys_cli, scenarios
+from simulations import scenarios
 
 
 def _choices(registry: Mapping[str, Any]) -> str:

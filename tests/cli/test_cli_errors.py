@@ -17,7 +17,7 @@ TIMEOUT_S = 60  # each case fails during input checks, in a few seconds
 def _run_cli(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     return subprocess.run(
-        [sys.executable, "-m", "simulations.cli", "simulate", *args, "--out", str(out)],
+        [sys.executable, "-m", "fedshield", "simulate", *args, "--out", str(out)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
