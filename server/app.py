@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +30,7 @@ from common.models import (
 )
 from common.tasks import Task, pooled
 from server import checkpoint, report, secagg
-from server.progress import ProgressGrid
+from server.progress import EngineStopped, ProgressGrid
 from server.server_ledger import ServerLedger, simulation_paths
 from server.strategies import STRATEGIES
 from server.tracking import JobStopped, SiteTracking
@@ -121,6 +122,7 @@ def run_server(
     *,
     progress: Callable[[str], None] | None = None,
     context: Context | None = None,
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Run the whole job on ``grid`` and write its results under ``out``; returns the metrics.
 
@@ -171,7 +173,7 @@ def run_server(
     if cfg.secure_aggregation:
         tracking.offset = 0  # the secure loop counts rounds itself
         final = secagg.run_secure_rounds(
-            grid,
+            ProgressGrid(grid, progress or _stderr, every=float("inf"), stop=stop),  # type: ignore[arg-type]
             context or Context(0, 0, {}, RecordDict(), {}),
             cfg,
             tracking,
@@ -180,7 +182,7 @@ def run_server(
             evaluate_fn=central_evaluation(cfg, tracking),
         )
     else:
-        progress_grid = ProgressGrid(grid, progress or _stderr)
+        progress_grid = ProgressGrid(grid, progress or _stderr, stop=stop)
         tracking.progress_grid = progress_grid
         try:
             result = tracking.start(
@@ -213,15 +215,25 @@ def run_server(
     return metrics
 
 
-def make_server_app(cfg: RunConfig | None = None, *, progress: Callable[[str], None] | None = None) -> ServerApp:
-    """A ServerApp bound to ``cfg``, or (``None``) reading it from Flower's run config."""
+def make_server_app(
+    cfg: RunConfig | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
+) -> ServerApp:
+    """A ServerApp bound to ``cfg``, or (``None``) reading it from Flower's run config.
+    ``stop``: set by the simulation harness when the engine is gone (the job then ends
+    without results; the harness reports why)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         resolved = cfg if cfg is not None else RunConfig.from_flat(context.run_config, source="run config")
         torch.manual_seed(resolved.seed)
-        run_server(grid, resolved, Path(resolved.out), progress=progress, context=context)
+        try:
+            run_server(grid, resolved, Path(resolved.out), progress=progress, context=context, stop=stop)
+        except EngineStopped:
+            return  # nothing more can happen; the harness raises the engine's own error
 
     return app
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,12 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
+
+
 @contextlib.contextmanager
 def _worker_environment(values: dict[str, str]) -> Iterator[None]:
     """``values`` in the environment while the engine starts its workers (they inherit it)."""
@@ -229,15 +236,21 @@ def simulate(
     for handler in flwr_logger.handlers:
         handler.addFilter(notice_filter)
     mods = [quiet_flower, *([attack_mod(cfg.attack)] if cfg.attack else [])]
+    engine_gone = threading.Event()  # tells the server loop that no reply will come
     try:
         # No Ray process outlives this run, even after kill -9.
         with leave_nothing_behind(), _worker_environment(WORKER_ENV):
-            run_simulation(
-                server_app=make_server_app(cfg, progress=progress),
-                client_app=make_client_app(site_cfg or cfg, mods=mods),
-                num_supernodes=cfg.sites,
-                backend_config=_backend_config(cfg),
-            )
+            try:
+                run_simulation(
+                    server_app=make_server_app(cfg, progress=progress, stop=engine_gone),
+                    client_app=make_client_app(site_cfg or cfg, mods=mods),
+                    num_supernodes=cfg.sites,
+                    backend_config=_backend_config(cfg),
+                )
+            except RuntimeError as exc:  # Flower's "An error was encountered. Ending simulation."
+                raise SimulationFailed(f"Flower's simulation engine failed: {_root_cause(exc)}") from None
+            finally:
+                engine_gone.set()
     finally:
         flwr_logger.setLevel(level)
         for handler in flwr_logger.handlers:

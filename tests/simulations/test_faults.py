@@ -65,3 +65,42 @@ def test_diverging_training_stops_the_job_with_the_reason(tmp_path: Path, capsys
     assert metrics["stop_reason"] and metrics["stop_reason"].startswith("training diverged in round")
     assert len(metrics["rounds"]) < 30
     assert "lower learning-rate" in capsys.readouterr().out
+
+
+_ENGINE_CRASH = """
+import sys
+from simulations import harness
+from simulations.scenarios import load_scenario
+
+real = harness._backend_config
+def broken(cfg):  # Ray cannot start: ray.init() gets runtime_env twice
+    config = real(cfg)
+    config["init_args"]["runtime_env"] = {}
+    return config
+harness._backend_config = broken
+cfg = load_scenario("hospitals-tabular").replace(sites=2, rounds=2, out=sys.argv[1])
+try:
+    harness.simulate(cfg)
+except harness.SimulationFailed as exc:
+    print("FAILED:", exc)
+"""
+
+
+def test_a_crashed_engine_ends_the_job_instead_of_waiting_for_ever(tmp_path: Path) -> None:
+    """When Flower's simulation engine crashes (here Ray cannot start), the server loop used to
+    wait for replies that could never come: the process never exited. Now the job ends at
+    once with the engine's own error."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _ENGINE_CRASH, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "FAILED: Flower's simulation engine failed: TypeError" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "runtime_env" in done.stdout
+    assert not (tmp_path / "run" / "metrics.json").exists()
