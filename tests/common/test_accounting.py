@@ -105,3 +105,27 @@ def test_calibration_refuses_when_prior_spend_exhausts_budget() -> None:
 def test_event_validates_itself(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DpSgdEvent(**kwargs)
+
+
+def test_a_long_history_is_still_an_upper_bound_within_its_scaled_error() -> None:
+    """Beyond 1,000 steps the PRV error allowed grows with the steps (memory and time of one
+    evaluation stay at the 1,000-step level): the result is still an upper bound on the true
+    epsilon, within the scaled error of the exact-error figure, and never below it by more
+    than that figure's own error."""
+    import warnings
+
+    import numpy as np
+    from opacus.accountants import PRVAccountant
+
+    from common.privacy.accounting import PRV_EPS_ERROR, prv_eps_error
+
+    history = [DpSgdEvent(3.0, 0.5, 2_000), DpSgdEvent(4.0, 0.25, 1_000)]
+    assert prv_eps_error(500) == PRV_EPS_ERROR and prv_eps_error(3_000) == pytest.approx(3 * PRV_EPS_ERROR)
+    scaled = epsilon(history, delta=DELTA)
+    fresh = PRVAccountant()
+    fresh.history = [(3.0, 0.5, 2_000), (4.0, 0.25, 1_000)]
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = fresh.get_epsilon(delta=DELTA, eps_error=PRV_EPS_ERROR)
+    assert exact - PRV_EPS_ERROR <= scaled <= exact + prv_eps_error(3_000)
+    assert scaled >= epsilon(history, delta=DELTA, accountant=Accountant.PLD) - 0.05 * exact
