@@ -102,6 +102,7 @@ def model_summary(cfg: RunConfig, model: torch.nn.Module) -> dict[str, Any]:
     params = list(model.parameters())
     return {
         "kind": cfg.model,
+        "input_shape": list(model_spec(cfg).input_shape),  # what `fedshield predict` must be given
         "finetune": cfg.finetune if cfg.model == "transformer" else "full",
         "parameters": sum(p.numel() for p in params),
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
@@ -163,6 +164,7 @@ def run_server(
         progress=progress,
         max_update_norm=cfg.max_update_norm,
         headline=task.headline,
+        evaluation_shape=task.zero(),
         round_offset=done,
         on_round_end=save_checkpoint,
         frozen_sha256=frozen_sha256(model),

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from common.tasks import Task
 from common.tasks.binary_risk import BinaryRisk
 from common.text_loaders import read_text_table, text_dataset
 from common.transformer import load_tokenizer
-from server.report import CONFIG_FILE, MODEL_FILE
+from server.report import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -113,18 +115,30 @@ def _npz(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset,
     try:
         arrays = np.load(path, allow_pickle=False)
         keys = set(arrays.files)
-    except (ValueError, OSError, EOFError, AttributeError) as exc:
+        name = next((k for k in ("images", "test_images", "train_images") if k in keys), None)
+        if name is None:
+            raise DataError(f"{path}: expected an array 'images' (or test_images), found {', '.join(sorted(keys))}")
+        raw = np.asarray(arrays[name])
+        label_key = name.replace("images", "labels")
+        labelled = label_key in keys
+        labels = np.asarray(arrays[label_key]).reshape(-1) if labelled else None
+    except (ValueError, OSError, EOFError, AttributeError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc or type(exc).__name__})") from None
-    name = next((k for k in ("images", "test_images", "train_images") if k in keys), None)
-    if name is None:
-        raise DataError(f"{path}: expected an array 'images' (or test_images), found {', '.join(sorted(keys))}")
-    x = _images_to_chw(arrays[name], f"{path}:{name}")
-    label_key = name.replace("images", "labels")
-    labelled = label_key in keys
-    y = np.asarray(arrays[label_key]).reshape(-1).astype(np.int64) if labelled else np.zeros(len(x), np.int64)
-    if labelled and (len(y) != len(x) or ((y < 0) | (y >= len(classes))).any()):
+    if len(raw) == 0:
+        raise DataError(f"{path}: {name} holds no images")
+    if not source(cfg).user_data and np.issubdtype(raw.dtype, np.integer):
+        # A built-in image set has its own pixel rule (digits: 0..16 / 16), not the 8-bit one.
+        raise DataError(
+            f"{path}: this run trained on {cfg.dataset}; give its images as floats already scaled to [0, 1]"
+        )
+    x = _images_to_chw(raw, f"{path}:{name}")
+    if labels is None:
+        return Dataset(x, np.zeros(len(x), np.int64), len(classes), Modality.IMAGE, str(path)), False
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: {label_key} must be integer class indices, found dtype {labels.dtype}")
+    if len(labels) != len(x) or ((labels < 0) | (labels >= len(classes))).any():
         raise DataError(f"{path}: {label_key} must hold one class index in [0, {len(classes)}) per image")
-    return Dataset(x, y, len(classes), Modality.IMAGE, str(path)), labelled
+    return Dataset(x, labels.astype(np.int64), len(classes), Modality.IMAGE, str(path)), True
 
 
 def load_records(cfg: RunConfig, data: str | Path) -> tuple[Dataset, bool]:
@@ -143,10 +157,26 @@ def load_records(cfg: RunConfig, data: str | Path) -> tuple[Dataset, bool]:
     return _npz(cfg, path, classes)
 
 
+def _trained_shape(run_dir: str | Path) -> tuple[int, ...] | None:
+    """The record shape the run's model was trained on (metrics.json, model.input_shape)."""
+    try:
+        shape = json.loads((Path(run_dir) / METRICS_FILE).read_text())["model"]["input_shape"]
+        return tuple(int(d) for d in shape)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @torch.no_grad()
 def predict(run_dir: str | Path, data: str | Path) -> Predictions:
     cfg = run_config(run_dir)
     records, labelled = load_records(cfg, data)
+    if len(records) == 0:
+        raise DataError(f"{data}: no records")
+    trained = _trained_shape(run_dir)
+    if trained is not None and records.modality is not Modality.TEXT and records.record_shape != trained:
+        raise DataError(
+            f"{data}: records of shape {records.record_shape}, but the run's model was trained on {trained}"
+        )
     classes = _classes(cfg)
     shape = ",".join(str(d) for d in records.record_shape)
     spec = model_spec(cfg.replace(input_shape=shape, num_classes=len(classes)))
@@ -160,7 +190,7 @@ def predict(run_dir: str | Path, data: str | Path) -> Predictions:
         raise ConfigError(f"--model {run_dir}: {MODEL_FILE} holds a {type(state).__name__}, not a model's tensors")
     try:
         load_exchanged(model, state)
-    except ValueError as exc:
+    except (ValueError, RuntimeError) as exc:  # torch says RuntimeError for a size mismatch
         raise ConfigError(f"--model {run_dir}: {MODEL_FILE} does not fit the run's model ({exc})") from None
     device = pick_device()
     model = model.to(device).eval()

@@ -8,6 +8,7 @@ and accuracies. No record and no per-example value is ever written.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,19 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def write_metrics(out: Path, metrics: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / METRICS_FILE
-    _atomic_write(path, json.dumps(metrics, indent=2).encode())
+    # Strict JSON: a metric that is undefined (NaN: e.g. precision when nobody is flagged) is null.
+    _atomic_write(path, json.dumps(_finite_or_null(metrics), indent=2, allow_nan=False).encode())
     return path
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def write_config(out: Path, cfg: RunConfig) -> Path:

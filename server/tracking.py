@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,8 +120,12 @@ class SiteTracking(Strategy):
         frozen_sha256: str = "",
         max_failed_rounds: int = 3,
         headline: str = "accuracy",
+        evaluation_shape: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.inner = inner
+        # The task's statistics of no records: a site's evaluation reply must carry each of them
+        # in this shape, finite, or it is left out (one bad reply must not end everyone's job).
+        self.evaluation_shape = evaluation_shape
         self.headline = headline  # the task's metric the progress line shows
         self.max_failed_rounds = max_failed_rounds
         self.failed_in_a_row = 0
@@ -326,6 +330,8 @@ class SiteTracking(Strategy):
         # A site whose policy does not allow evaluation (the default), or whose budget cannot pay
         # for one, answers with a refusal: it released nothing, and is left out of the average.
         replies = [msg for msg in replies if msg.has_error() or rk.EVAL_REFUSED not in msg.content[rk.METRICS]]
+        if self.evaluation_shape is not None:
+            replies = [msg for msg in replies if msg.has_error() or self._usable_evaluation(msg, log)]
         for msg in replies:
             if not msg.has_error():
                 m = msg.content[rk.METRICS]
@@ -343,6 +349,17 @@ class SiteTracking(Strategy):
             log.federated_eval = {k: float(v) for k, v in result.items()}
         log.seconds = time.monotonic() - self._t0
         return result
+
+    def _usable_evaluation(self, msg: Message, log: RoundLog) -> bool:
+        assert self.evaluation_shape is not None
+        m = msg.content[rk.METRICS]
+        try:
+            rk.stats_from_record(m, self.evaluation_shape)
+            int(m[rk.NUM_EXAMPLES])  # type: ignore[call-overload]
+        except (KeyError, TypeError, ValueError) as exc:
+            log.failures.append(f"node {msg.metadata.src_node_id}: evaluation reply left out ({exc})")
+            return False
+        return True
 
     def record_central(self, server_round: int, arrays: ArrayRecord, metrics: dict[str, float]) -> None:
         """Called after each round's evaluation (round numbers as Flower counts them): closes

@@ -248,7 +248,9 @@ def simulate(
                     num_supernodes=cfg.sites,
                     backend_config=_backend_config(cfg),
                 )
-            except RuntimeError as exc:  # Flower's "An error was encountered. Ending simulation."
+            except RuntimeError as exc:
+                if "Ending simulation" not in str(exc):  # not the engine's: a bug to show in full
+                    raise
                 raise SimulationFailed(f"Flower's simulation engine failed: {_root_cause(exc)}") from None
             finally:
                 engine_gone.set()

@@ -121,3 +121,41 @@ def test_metrics_report_each_sites_budget_as_the_site_reported_it() -> None:
     final = build_metrics(cfg, tracking.rounds, num_sites=3)["final"]["sites"]
     assert [final[s]["budget"] for s in "012"] == [3.0, 0.5, 1.0]
     assert [final[s]["budget_reported_by_site"] for s in "012"] == [True, True, False]
+
+
+def test_a_malformed_evaluation_reply_is_left_out_not_fatal() -> None:
+    """One site's reply with a mis-sized statistic used to raise inside Flower's loop and end
+    everyone's job; it is now left out, counted as a failure, and the rest is pooled."""
+    task = BinaryRisk(positive=1, bins=20)
+    request = Message(RecordDict({rk.CONFIG: ConfigRecord({})}), dst_node_id=5, message_type=MessageType.EVALUATE)
+
+    def reply(site: int, stats: dict) -> Message:
+        metrics = MetricRecord({rk.NUM_EXAMPLES: 4, rk.SITE_ID: site, **rk.stats_record(stats)})
+        return Message(RecordDict({rk.METRICS: metrics}), reply_to=request)
+
+    good = task.statistics(torch.tensor([[0.0, -2.0], [0.0, 2.0], [0.0, -1.0], [0.0, 3.0]]), torch.tensor([0, 1, 0, 1]))
+    bad = {**good, "hist": good["hist"][:, :5]}
+    cfg = RunConfig()
+    tracking = SiteTracking(
+        build_strategy(cfg, task), num_rounds=1, progress=lambda _: None, evaluation_shape=task.zero()
+    )
+    result = tracking.aggregate_evaluate(1, [reply(0, good), reply(1, bad)])
+    assert result is not None and result[rk.EVAL_METRIC_PREFIX + "roc_auc"] == pytest.approx(1.0)
+    assert list(tracking.rounds[0].evaluate) == [0]
+    assert any("evaluation reply left out" in f and "'hist'" in f for f in tracking.rounds[0].failures)
+
+
+def test_metrics_json_is_strict_json_with_undefined_metrics_as_null(tmp_path) -> None:
+    import json
+
+    from server.report import write_metrics
+
+    path = write_metrics(
+        tmp_path, {"final": {"metrics": {"precision": float("nan"), "roc_auc": 0.7}}, "x": [float("inf")]}
+    )
+
+    def refuse(name: str) -> None:
+        raise ValueError(name)
+
+    loaded = json.loads(path.read_text(), parse_constant=refuse)
+    assert loaded == {"final": {"metrics": {"precision": None, "roc_auc": 0.7}}, "x": [None]}

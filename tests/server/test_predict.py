@@ -165,3 +165,41 @@ def cfg_classes(cfg) -> tuple[str, ...]:
     from common.federation import class_names
 
     return class_names(cfg)
+
+
+@pytest.fixture
+def digits_run(tmp_path: Path) -> Path:
+    import json
+
+    cfg = load_scenario("hospitals-imaging").replace(out=str(tmp_path / "digits-run"))
+    model = build_model(model_spec(cfg), seed=cfg.seed)
+    write_config(Path(cfg.out), cfg)
+    write_model(Path(cfg.out), exchanged_state(model))
+    (Path(cfg.out) / "metrics.json").write_text(json.dumps({"model": {"input_shape": [1, 8, 8]}}))
+    return Path(cfg.out)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "needle"),
+    [
+        ({"images": np.zeros((0, 8, 8), np.float32)}, "holds no images"),
+        ({"images": np.zeros((3, 8, 8, 3), np.float32)}, "records of shape (3, 8, 8)"),  # RGB for a gray model
+        ({"images": np.zeros((3, 28, 28), np.float32)}, "trained on (1, 8, 8)"),  # another size
+        ({"images": np.zeros((3, 8, 8), np.uint8)}, "floats already scaled to [0, 1]"),  # digits' own pixel rule
+        ({"images": np.zeros((3, 8, 8), np.float32), "labels": np.array(["a", "b", "c"])}, "integer class indices"),
+        ({"images": np.zeros((3, 8, 8), np.float32), "labels": np.array([0.5, 1.7, 2.0])}, "integer class indices"),
+    ],
+)
+def test_bad_images_are_one_line_errors(digits_run: Path, tmp_path: Path, capsys, arrays, needle: str) -> None:
+    np.savez(tmp_path / "scans.npz", **arrays)
+    assert cli.main(["predict", "--model", str(digits_run), "--data", str(tmp_path / "scans.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04broken", b"\x00" * 10])
+def test_a_damaged_npz_is_one_line(digits_run: Path, tmp_path: Path, capsys, content: bytes) -> None:
+    (tmp_path / "scans.npz").write_bytes(content)
+    assert cli.main(["predict", "--model", str(digits_run), "--data", str(tmp_path / "scans.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a readable .npz" in err, err
