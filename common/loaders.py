@@ -60,21 +60,9 @@ def require_file(path: Path) -> None:
         raise DataError(f"{path}: expected a file, found a directory")
 
 
-def load_csv(
-    path: str | Path,
-    *,
-    label_column: str,
-    schema: TableSchema | None = None,
-    categorical_columns: Sequence[str] = (),
-    class_names: Sequence[str] = (),
-) -> Dataset:
-    """Load a CSV table with a header row, a label column and feature columns.
-
-    Features are preprocessed with the public ``schema`` only (bounds, categories); labels map
-    to classes by ``class_names`` or the schema's class-names. Without a schema the file is
-    still checked cell by cell, then refused (fail closed): see :func:`table_from_rows`.
-    """
-    path = Path(path)
+def read_csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (stripped) and the non-blank rows as ``(line number, cells)`` of a CSV file;
+    a missing, empty, non-UTF-8 or unreadable file is one DataError naming it."""
     require_file(path)
     # utf-8-sig: a byte-order mark (Excel's default for "CSV UTF-8") is dropped, not read as
     # part of the first column's name.
@@ -92,6 +80,25 @@ def load_csv(
     except csv.Error as exc:  # a field over the csv module's size limit, a NUL byte, ...
         line = reader.line_num if reader is not None else 1
         raise DataError(f"{path}: line {line}: not a readable CSV row ({exc})") from None
+    return header, rows
+
+
+def load_csv(
+    path: str | Path,
+    *,
+    label_column: str,
+    schema: TableSchema | None = None,
+    categorical_columns: Sequence[str] = (),
+    class_names: Sequence[str] = (),
+) -> Dataset:
+    """Load a CSV table with a header row, a label column and feature columns.
+
+    Features are preprocessed with the public ``schema`` only (bounds, categories); labels map
+    to classes by ``class_names`` or the schema's class-names. Without a schema the file is
+    still checked cell by cell, then refused (fail closed): see :func:`table_from_rows`.
+    """
+    path = Path(path)
+    header, rows = read_csv_rows(path)
     return table_from_rows(
         header,
         rows,

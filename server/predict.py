@@ -25,7 +25,7 @@ from common.dataset import Dataset, Modality
 from common.errors import ConfigError, DataError
 from common.evaluation import pick_device
 from common.federation import class_names, job_task, model_spec
-from common.loaders import _images_to_chw, require_file, table_from_rows
+from common.loaders import _images_to_chw, read_csv_rows, require_file, table_from_rows
 from common.models import build_model, load_exchanged
 from common.tasks import Task
 from common.tasks.binary_risk import BinaryRisk
@@ -71,19 +71,8 @@ def _classes(cfg: RunConfig) -> tuple[str, ...]:
 
 
 def _table(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
-    require_file(path)
     schema = table_schema(cfg)
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh)
-            header = [h.strip() for h in next(reader, [])]
-            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text file ({exc.reason})") from None
-    except csv.Error as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
-    if not header:
-        raise DataError(f"{path}: file is empty")
+    header, rows = read_csv_rows(path)
     label = cfg.label_column or (schema.label if schema else "")
     labelled = label in header
     if not labelled:  # scored all the same: a placeholder label, never reported

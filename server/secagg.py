@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from common import records as rk
 from common.config import RunConfig
-from server.tracking import SiteTracking, parse_claim
+from server.tracking import SITE_TRAIN_KEYS, SiteTracking, parse_claim
 
 REPORT = "report."
 
@@ -105,19 +105,7 @@ class TrackedFedAvg(LegacyFedAvg):
                     {"site": str(m.get(REPORT + rk.SITE_NAME)), "node": proxy.node_id, "reason": log.refusals[site_id]}
                 )
                 continue
-            log.train[site_id] = {
-                k: float(m[k])
-                for k in (
-                    rk.EPSILON,
-                    rk.DELTA,
-                    rk.BUDGET,
-                    rk.DP_STEPS,
-                    rk.NOISE_MULTIPLIER,
-                    rk.SAMPLE_RATE,
-                    rk.NUM_EXAMPLES,
-                )
-                if k in m
-            }
+            log.train[site_id] = {k: float(m[k]) for k in SITE_TRAIN_KEYS if k in m}
             # Masked: the server cannot hash what it never sees; it records the site's claim.
             updated.append(
                 {

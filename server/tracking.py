@@ -28,7 +28,8 @@ from common.models import MAX_ABS_WEIGHT
 from server.server_ledger import ServerLedger
 from server.validation import validate_update
 
-_SITE_TRAIN_KEYS = (
+# What the server keeps of a site's train reply (plain and SecAgg+ paths).
+SITE_TRAIN_KEYS = (
     rk.EPSILON,
     rk.DELTA,
     rk.BUDGET,
@@ -292,7 +293,7 @@ class SiteTracking(Strategy):
                 log.rejections[site_id] = reason
                 rejected.append({**item, "reason": reason})
                 continue
-            log.train[site_id] = {k: float(m[k]) for k in _SITE_TRAIN_KEYS if k in m}
+            log.train[site_id] = {k: float(m[k]) for k in SITE_TRAIN_KEYS if k in m}
             if rk.RESENT in m:
                 log.resent.add(site_id)
             updated.append({**item, "num_examples": int(m[rk.NUM_EXAMPLES])})
