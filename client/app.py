@@ -79,17 +79,17 @@ def _simulation_policy(cfg: RunConfig, name: str, secret: bytes) -> SitePolicy:
     """In a simulation the scenario stands in for every site's policy (the researcher plays
     every party); the ledger records ``origin = simulation-scenario``."""
     return SitePolicy(
-        epsilon=cfg.budget_epsilon(name),
-        delta=cfg.delta,
-        require_dp=cfg.dp,
-        data_source=cfg.data_path or cfg.dataset,
-        val_fraction=cfg.val_fraction,
+        epsilon=cfg.policy.budget_of(name),
+        delta=cfg.policy.budget_delta,
+        require_dp=cfg.privacy.dp,
+        data_source=cfg.data.data_path or cfg.data.dataset,
+        val_fraction=cfg.policy.val_fraction,
         split_seed=derived_seed(secret, "split"),
-        class_names=cfg.class_name_list,
-        feature_schema=cfg.feature_schema,
-        evaluation=Evaluation(cfg.site_evaluation),
-        eval_noise_multiplier=cfg.eval_noise_multiplier,
-        insecure_reproducible_noise=cfg.insecure_reproducible_noise,
+        class_names=cfg.data.class_name_list,
+        feature_schema=cfg.data.feature_schema,
+        evaluation=Evaluation(cfg.policy.evaluation),
+        eval_noise_multiplier=cfg.policy.eval_noise_multiplier,
+        insecure_reproducible_noise=cfg.policy.insecure_reproducible_noise,
         origin=Origin.SIMULATION,
     )
 
@@ -153,8 +153,8 @@ def _node_site(context: Context, cfg: RunConfig, policy: SitePolicy) -> SiteData
 
 
 def _plan(cfg: RunConfig) -> LocalPlan:
-    mu = cfg.proximal_mu if cfg.strategy_kind is Strategy.FEDPROX else 0.0
-    return LocalPlan(cfg.local_epochs, cfg.batch_size, cfg.learning_rate, proximal_mu=mu)
+    mu = cfg.federation.proximal_mu if cfg.federation.strategy_kind is Strategy.FEDPROX else 0.0
+    return LocalPlan(cfg.training.local_epochs, cfg.training.batch_size, cfg.training.learning_rate, proximal_mu=mu)
 
 
 @dataclass(frozen=True)
@@ -193,17 +193,17 @@ def _eval_refusal(site_id: int) -> MetricRecord:
 
 def _job_target(cfg: RunConfig, policy: SitePolicy, prior: list[DpSgdEvent]) -> float:
     """The cumulative epsilon this job may reach: the site's lifetime budget, or less when the
-    server's job asks for less (a deployed site only: in a simulation the scenario is both).
+    job asks to spend at most ``job-epsilon`` (the job can ask for less, never for more).
     ``prior`` is the source's spend before this job."""
-    if policy.origin is Origin.SIMULATION:
+    if not cfg.privacy.job_epsilon:
         return policy.epsilon
-    return min(policy.epsilon, epsilon(prior, delta=policy.delta) + cfg.epsilon)
+    return min(policy.epsilon, epsilon(prior, delta=policy.delta) + cfg.privacy.job_epsilon)
 
 
 def _planned_evaluations(cfg: RunConfig, policy: SitePolicy) -> list[DpSgdEvent]:
     if policy.evaluation is not Evaluation.DP:
         return []
-    return [DpSgdEvent(policy.eval_noise_multiplier, 1.0, 1)] * cfg.rounds
+    return [DpSgdEvent(policy.eval_noise_multiplier, 1.0, 1)] * cfg.federation.rounds
 
 
 def _noise_multiplier(
@@ -212,8 +212,8 @@ def _noise_multiplier(
     """The site's noise for this job: given directly, or calibrated once per job so that the
     spend of earlier jobs on this data source, all planned rounds of this one and the planned
     DP evaluation releases stay within the job's target. ``None`` when no noise level fits."""
-    if cfg.noise_multiplier > 0:
-        return cfg.noise_multiplier
+    if cfg.privacy.noise_multiplier > 0:
+        return cfg.privacy.noise_multiplier
     cached = context.state.get(_SIGMA_KEY)
     if cached is not None and cached["job"] == job:
         return float(cached["sigma"]) if cached["sigma"] > 0 else None
@@ -225,7 +225,7 @@ def _noise_multiplier(
             target_epsilon=target,
             delta=policy.delta,
             sample_rate=sample_rate,
-            steps=steps * cfg.rounds,
+            steps=steps * cfg.federation.rounds,
             prior=[*prior, *_planned_evaluations(cfg, policy)],
         )
     except (ConfigError, MemoryError):  # MemoryError: a plan too long for the accountant (refused below)
@@ -246,11 +246,11 @@ def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
     return model
 
 
-def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float, budget: float | None = None) -> Message:
+def _refusal(msg: Message, site_id: int, site: str, reason: str, spent: float, budget: Budget | None = None) -> Message:
     """A refusal, with what the site has spent and (when it has a policy) its own budget."""
     values: dict[str, float | int] = {rk.SITE_ID: site_id, rk.REFUSED: 1, rk.EPSILON: spent}
     if budget is not None:
-        values[rk.BUDGET] = budget
+        values |= {rk.BUDGET_EPSILON: budget.epsilon, rk.BUDGET_DELTA: budget.delta}
     metrics = MetricRecord(values)
     refusal = ConfigRecord({rk.SITE_NAME: site, rk.REASON: reason})
     return Message(RecordDict({rk.METRICS: metrics, rk.REFUSAL: refusal}), reply_to=msg)
@@ -391,7 +391,7 @@ def _train_locked(
     def refuse(reason: str, spent: float, *, reported: float | None = None) -> Message:
         """Record the refusal in the ledger (with ``spent``), then reply with it."""
         ledger.record_refusal(**base, reason=reason, spent=spent)
-        return _refusal(msg, site_id, site, reason, spent if reported is None else reported, budget.epsilon)
+        return _refusal(msg, site_id, site, reason, spent if reported is None else reported, budget)
 
     def spent_so_far() -> float:
         return float("inf") if spend.non_private_jobs else epsilon(spend.events, delta=budget.delta)
@@ -424,11 +424,11 @@ def _train_locked(
         return refuse(f"the server's model has non-finite weights or weights above {MAX_ABS_WEIGHT:g}", spent_so_far())
     plan = _plan(cfg)
     randomness = _randomness(cfg, policy, site_id, server_round)
-    if policy.require_dp and not cfg.dp:
+    if policy.require_dp and not cfg.privacy.dp:
         reason = "this site only trains with differential privacy; the job asked for none"
         return refuse(reason, spent_so_far(), reported=float("nan"))
     privacy, reserve, planned_epsilon = None, None, float("nan")
-    if cfg.dp:
+    if cfg.privacy.dp:
         # The veto: decided from the ledger and the planned mechanism, before the data is read.
         if spend.non_private_jobs:
             reason = f"budget void: job {spend.non_private_jobs[0]} released updates from this dataset without DP"
@@ -442,14 +442,14 @@ def _train_locked(
         decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, cap)
         if not decision.allowed:
             return refuse(decision.reason, decision.spent)
-        privacy = PrivacyPlan(sigma, cfg.max_grad_norm, cfg.grad_sample_mode)
+        privacy = PrivacyPlan(sigma, cfg.privacy.max_grad_norm, cfg.training.grad_sample_mode)
         planned_epsilon = decision.after
         # Spent from this moment: if anything below fails or the site crashes, the ledger
         # still holds this round's spend (a lost update is never a refund).
         reserve = ledger.record_reserve(
             **base,
             event=DpSgdEvent(sigma, sample_rate, steps),
-            max_grad_norm=cfg.max_grad_norm,
+            max_grad_norm=cfg.privacy.max_grad_norm,
             delta=budget.delta,
             epsilon=planned_epsilon,
             noise=randomness.as_record(),
@@ -477,8 +477,9 @@ def _train_locked(
     if result.event is not None:
         metrics |= {
             rk.EPSILON: planned_epsilon,  # the trainer checked: the event run is the event planned
-            rk.DELTA: budget.delta,
-            rk.BUDGET: budget.epsilon,  # the site's own, as its policy says (not the server's guess)
+            # the site's own budget, as its policy says (not the server's guess)
+            rk.BUDGET_EPSILON: budget.epsilon,
+            rk.BUDGET_DELTA: budget.delta,
             rk.DP_STEPS: spend.sgd_steps + result.event.steps,
             rk.NOISE_MULTIPLIER: result.event.noise_multiplier,
             rk.SAMPLE_RATE: result.event.sample_rate,
@@ -487,7 +488,7 @@ def _train_locked(
     entry = ledger.record_training(
         **base,
         event=result.event,
-        max_grad_norm=cfg.max_grad_norm,
+        max_grad_norm=cfg.privacy.max_grad_norm,
         delta=budget.delta,
         epsilon=planned_epsilon,
         update_sha256=update_sha256,

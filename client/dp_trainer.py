@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.config.sections import GradSampleMode
 from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
 from common.models import exchanged_state
@@ -49,7 +50,7 @@ class LocalPlan:
             raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
 
 
-GRAD_SAMPLE_MODES = ("hooks", "functorch", "ew", "ghost")
+GRAD_SAMPLE_MODES = tuple(m.value for m in GradSampleMode)  # one list: the config's
 
 
 @dataclass(frozen=True)

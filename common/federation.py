@@ -49,7 +49,7 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     """(pool shared out to sites, global test set), both preprocessed with public parameters."""
     pool, test = load_source(cfg)
     if test is None:
-        rest, held = stratified_split(pool.y, cfg.test_fraction, seed=cfg.seed)
+        rest, held = stratified_split(pool.y, cfg.data.test_fraction, seed=cfg.seed)
         pool, test = pool.subset(rest), pool.subset(held)
     if len(test) == 0:
         raise DataError(f"{pool.source}: the test split is empty; use more records or a larger test-fraction")
@@ -59,8 +59,8 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
 def class_names(cfg: RunConfig) -> tuple[str, ...]:
     """The job's classes in label order, as far as the config and the public schema name them
     (``()`` when only the data would say, e.g. an npz without class-names)."""
-    if cfg.class_name_list:
-        return cfg.class_name_list
+    if cfg.data.class_name_list:
+        return cfg.data.class_name_list
     schema = table_schema(cfg)
     return schema.class_names if schema is not None and schema.class_names else source(cfg).classes
 
@@ -72,11 +72,11 @@ def job_task(cfg: RunConfig) -> Task:
 
 
 def model_spec(cfg: RunConfig) -> ModelSpec:
-    kind = ModelKind(cfg.model)
+    kind = ModelKind(cfg.model.kind)
     text = kind is ModelKind.TRANSFORMER
-    stated_classes = cfg.num_classes or len(cfg.class_name_list)
-    if stated_classes and (cfg.input_shape or text):  # stated in the config: no data needed (a deployed server)
-        shape, classes, source = cfg.record_shape, stated_classes, "input-shape"
+    stated_classes = cfg.model.num_classes or len(cfg.data.class_name_list)
+    if stated_classes and (cfg.model.input_shape or text):  # stated in the config: no data needed (a deployed server)
+        shape, classes, source = cfg.model.record_shape, stated_classes, "input-shape"
         modality = Modality.TEXT if text else Modality.IMAGE if len(shape) == 3 else Modality.TABULAR
     else:
         pool, _ = pool_and_test(cfg)
@@ -88,18 +88,22 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
             f"model {kind.value!r} needs {needs} data, but {source} holds {modality} records; use model {fits}"
         )
     if text:
-        shape = (cfg.max_length,)  # the records' own padded length does not shape the model
-    lora = LoraSpec(cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_names) if cfg.finetune == "lora" else None
+        shape = (cfg.data.max_length,)  # the records' own padded length does not shape the model
+    lora = (
+        LoraSpec(cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.lora_target_names)
+        if cfg.model.finetune == "lora"
+        else None
+    )
     try:
         return ModelSpec(
             kind,
             shape,
             classes,
-            cfg.hidden_layers,
-            cfg.channel_layers,
-            width=cfg.resnet_width,
-            pretrained_path=cfg.pretrained_path,
-            random_init=cfg.random_init,
+            cfg.model.hidden_layers,
+            cfg.model.channel_layers,
+            width=cfg.model.resnet_width,
+            pretrained_path=cfg.model.pretrained_path,
+            random_init=cfg.model.random_init,
             lora=lora,
         )
     except ValueError as exc:
@@ -159,7 +163,7 @@ def _split(site_id: int, local: Dataset, val_fraction: float, split_seed: int) -
 def _site_records(cfg: RunConfig, num_sites: int) -> tuple[Dataset, ...]:
     """Each simulated site's records: the pool partitioned by the scenario's seed (the world)."""
     pool, _ = pool_and_test(cfg)
-    spec = PartitionSpec(PartitionKind(cfg.partition), num_sites, cfg.alpha, cfg.min_site_records)
+    spec = PartitionSpec(PartitionKind(cfg.data.partition), num_sites, cfg.data.alpha, cfg.data.min_site_records)
     return tuple(pool.subset(idx) for idx in partition(pool.y, spec, seed=cfg.seed))
 
 
@@ -201,9 +205,9 @@ def local_site_data(
     by the site's spec. ``class_names`` and ``feature_schema`` are the site's policy's; the
     job's own class-names, when set, must agree (the model's head is built from them)."""
     classes = tuple(c.strip() for c in class_names)
-    if cfg.class_name_list and classes and cfg.class_name_list != classes:
+    if cfg.data.class_name_list and classes and cfg.data.class_name_list != classes:
         raise ConfigError(
-            f"the job's class-names {', '.join(cfg.class_name_list)} differ from this site's "
+            f"the job's class-names {', '.join(cfg.data.class_name_list)} differ from this site's "
             f"class-names {', '.join(classes)}"
         )
     site_cfg = cfg.replace(data_path=data_path, class_names=",".join(classes), feature_schema=feature_schema)
@@ -216,6 +220,6 @@ def local_site_data(
             local.modality,
             local.source,
         )
-    if len(local) < cfg.min_site_records:
-        raise DataError(f"{data_path}: {len(local)} records, fewer than min-site-records={cfg.min_site_records}")
+    if len(local) < cfg.data.min_site_records:
+        raise DataError(f"{data_path}: {len(local)} records, fewer than min-site-records={cfg.data.min_site_records}")
     return _split(site_id, local, val_fraction, split_seed)

@@ -21,12 +21,13 @@ EVAL_METRIC_PREFIX = "eval-"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 # Privacy accounting of a site (cumulative over every step it has taken in this job):
-EPSILON = "epsilon"
-DELTA = "delta"
+EPSILON = "epsilon"  # spent, at BUDGET_DELTA
 DP_STEPS = "dp-steps"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
-BUDGET = "budget-epsilon"  # the site's own budget for its data source (its policy's, at DELTA)
+# The site's own budget for its data source, as its policy says (keys as in the policy):
+BUDGET_EPSILON = "budget-epsilon"
+BUDGET_DELTA = "budget-delta"
 
 JOB_ID = "job-id"  # in the train config: the job a round belongs to (ledgers record it)
 # In the train config when part of the model is frozen (LoRA): the SHA-256 of the server's

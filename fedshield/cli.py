@@ -33,9 +33,13 @@ def _choices(registry: Mapping[str, Any]) -> str:
 _FLAGS: dict[str, tuple[type, str]] = {
     "sites": (int, "number of simulated sites"),
     "rounds": (int, "federated rounds"),
-    "epsilon": (float, "privacy budget per site for the whole job (with --delta)"),
-    "delta": (float, "delta of the (epsilon, delta) guarantee"),
-    "noise-multiplier": (float, "use this noise multiplier instead of calibrating to --epsilon"),
+    "budget-epsilon": (
+        float,
+        "each simulated site's privacy budget for its records, over every job (with --budget-delta)",
+    ),
+    "budget-delta": (float, "delta of each site's (epsilon, delta) budget"),
+    "job-epsilon": (float, "the most this job may spend at a site (default: what is left of its budget)"),
+    "noise-multiplier": (float, "use this noise multiplier instead of calibrating to the budget"),
     "max-grad-norm": (float, "per-example clipping bound"),
     "seed": (int, "seed for partitioning, initialisation and noise"),
     "strategy": (str, _choices(STRATEGIES)),
@@ -48,7 +52,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "positive-label": (str, "binary-risk: the class (label value) that is the risk, e.g. 1"),
     "data-path": (str, "data file or folder for csv / npz / image-folder"),
     "label-column": (str, "label column of a CSV file"),
-    "site-budgets": (str, "per-site epsilon budgets overriding --epsilon, e.g. site-0=0.5,site-3=2"),
+    "budget-epsilon-by-site": (str, "budgets of single sites overriding --budget-epsilon, e.g. site-0=0.5,site-3=2"),
     "state-dir": (str, "where sites and server keep keys and ledgers across jobs (default: --out)"),
     "local-epochs": (float, "local passes over the data per round"),
     "batch-size": (int, "expected batch size (Poisson sampling)"),
@@ -70,17 +74,23 @@ _PATH_SETTINGS = ("data-path", "feature-schema", "pretrained-path")
 
 def describe_run(cfg: RunConfig) -> str:
     """The banner: what data, split how, over how many sites, under which guarantee."""
-    data = cfg.dataset + (f" {cfg.data_path}" if cfg.data_path else "")
-    if cfg.label_column:
-        data += f" (label {cfg.label_column})"
+    data = cfg.data.dataset + (f" {cfg.data.data_path}" if cfg.data.data_path else "")
+    if cfg.data.label_column:
+        data += f" (label {cfg.data.label_column})"
     split = {
         "iid": "an even (iid) split",
-        "dirichlet": f"label skew (Dirichlet alpha={cfg.alpha:g})",
-        "quantity": f"size skew (Dirichlet alpha={cfg.alpha:g})",
-    }[cfg.partition]
-    privacy = f"DP epsilon<={cfg.epsilon:g} per site (delta={cfg.delta:g})" if cfg.dp else "no DP"
+        "dirichlet": f"label skew (Dirichlet alpha={cfg.data.alpha:g})",
+        "quantity": f"size skew (Dirichlet alpha={cfg.data.alpha:g})",
+    }[cfg.data.partition]
+    privacy = "no DP"
+    if cfg.privacy.dp:
+        job = f", this job at most {cfg.privacy.job_epsilon:g}" if cfg.privacy.job_epsilon else ""
+        budget = f"epsilon<={cfg.policy.budget_epsilon:g} per site (delta={cfg.policy.budget_delta:g})"
+        privacy = f"DP, budget {budget}{job}"
+    fed = cfg.federation
     return (
-        f"fedshield: data {data}; {split} over {cfg.sites} sites; {cfg.rounds} rounds of {cfg.model} / {cfg.strategy}; "
+        f"fedshield: data {data}; {split} over {fed.sites} sites; "
+        f"{fed.rounds} rounds of {cfg.model.kind} / {fed.strategy}; "
         f"{privacy}; other settings from scenario {cfg.scenario}; output in {cfg.out}"
     )
 
@@ -144,16 +154,22 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
         overrides["resume"] = True
     if args.secure_aggregation:
         overrides["secure-aggregation"] = True
-    dataset = overrides.get("dataset", cfg.dataset)
-    if dataset in SOURCES and SOURCES[dataset].user_data and "partition" not in overrides and dataset != cfg.dataset:
+    dataset = overrides.get("dataset", cfg.data.dataset)
+    if (
+        dataset in SOURCES
+        and SOURCES[dataset].user_data
+        and "partition" not in overrides
+        and dataset != cfg.data.dataset
+    ):
         # The user's own records: an even split, not the scenario's simulated skew, unless asked.
         overrides["partition"] = "iid"
     for key in _PATH_SETTINGS:  # config.toml must re-run from any folder: paths are stored resolved
-        value = str(overrides.get(key, getattr(cfg, key.replace("-", "_"))))
+        value = str(overrides.get(key, cfg.to_flat()[key]))
         if value and (key != "pretrained-path" or value != "minilm"):
             overrides[key] = str(Path(value).expanduser().resolve())
-    if args.epsilon is not None and args.noise_multiplier is None:
-        overrides["noise-multiplier"] = 0.0  # an explicit epsilon means: calibrate to it
+    explicit = args.budget_epsilon is not None or args.job_epsilon is not None or args.budget_epsilon_by_site
+    if explicit and args.noise_multiplier is None:
+        overrides["noise-multiplier"] = 0.0  # an explicit budget means: calibrate to it
     # Absolute: the simulated sites run in worker processes that may not share our cwd.
     overrides["out"] = str(Path(args.out or f"runs/{cfg.scenario}").resolve())
     if args.state_dir:
@@ -172,8 +188,8 @@ def format_summary(metrics: dict[str, Any], baseline: dict[str, Any] | None = No
         for site, s in final["sites"].items():
             records = s["records"] if s["records"] is not None else "-"
             lines.append(
-                f"{site:>4}  {records:>7}  {s['epsilon']:>13.3f}  {s['budget']:>6g}  "
-                f"{s['delta']:>7.0e}  {s['dp_steps']:>5}  {s['refusals']:>7}"
+                f"{site:>4}  {records:>7}  {s['epsilon']:>13.3f}  {s['budget_epsilon']:>6g}  "
+                f"{s['budget_delta']:>7.0e}  {s['dp_steps']:>5}  {s['refusals']:>7}"
             )
     else:
         lines.append(f"{'site':>4}  {'records':>7}  privacy")
@@ -213,13 +229,13 @@ def _simulate(args: argparse.Namespace) -> int:
     check_inputs(cfg)  # a bad file or value fails here, before anything is announced or started
     print(describe_run(cfg), file=sys.stderr, flush=True)
     print(
-        f"fedshield: starting Flower's simulation engine (Ray) with {cfg.sites} sites; this takes 10-30 s",
+        f"fedshield: starting Flower's simulation engine (Ray) with {cfg.federation.sites} sites; this takes 10-30 s",
         file=sys.stderr,
         flush=True,
     )
     metrics = simulate(cfg)
     baseline = None
-    if args.compare_no_dp and cfg.dp:
+    if args.compare_no_dp and cfg.privacy.dp:
         print("fedshield: the same run without DP, for comparison", file=sys.stderr, flush=True)
         baseline_cfg = cfg.replace(dp=False, out=str(Path(cfg.out) / "no-dp"))
         baseline = simulate(baseline_cfg)

@@ -70,18 +70,18 @@ def build_strategy(cfg: RunConfig, task: Task | None = None) -> Strategy:
     common: dict[str, Any] = {
         "train_metrics_aggr_fn": summarize_train,
         "evaluate_metrics_aggr_fn": summarize_evaluate(task or job_task(cfg)),
-        "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": cfg.fraction_evaluate,
+        "fraction_train": cfg.federation.fraction_train,
+        "fraction_evaluate": cfg.federation.fraction_evaluate,
         "min_train_nodes": 1,
-        "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
+        "min_evaluate_nodes": 1 if cfg.federation.fraction_evaluate > 0 else 0,
         "min_available_nodes": 1,
     }
-    return STRATEGIES[cfg.strategy_kind].build(cfg, common)
+    return STRATEGIES[cfg.federation.strategy_kind].build(cfg, common)
 
 
 def central_evaluation(cfg: RunConfig, tracking: SiteTracking) -> Callable[[int, ArrayRecord], MetricRecord | None]:
     """Score the global model on the server's own test set (when enabled) after each round."""
-    test = server_test_set(cfg) if cfg.centralized_eval else None
+    test = server_test_set(cfg) if cfg.federation.centralized_eval else None
     spec = model_spec(cfg)
     task = job_task(cfg)
 
@@ -101,9 +101,9 @@ def model_summary(cfg: RunConfig, model: torch.nn.Module) -> dict[str, Any]:
     """What the model is and what one update weighs (with LoRA, far less than the model)."""
     params = list(model.parameters())
     return {
-        "kind": cfg.model,
+        "kind": cfg.model.kind,
         "input_shape": list(model_spec(cfg).input_shape),  # what `fedshield predict` must be given
-        "finetune": cfg.finetune if cfg.model == "transformer" else "full",
+        "finetune": cfg.model.finetune if cfg.model.kind == "transformer" else "full",
         "parameters": sum(p.numel() for p in params),
         "trainable_parameters": sum(p.numel() for p in params if p.requires_grad),
         "update_tensors": len(exchanged_keys(model)),
@@ -158,21 +158,21 @@ def run_server(
 
     tracking = SiteTracking(
         strategy,
-        num_rounds=cfg.rounds,
+        num_rounds=cfg.federation.rounds,
         job=job,
         ledger=ledger,
         progress=progress,
-        max_update_norm=cfg.max_update_norm,
+        max_update_norm=cfg.federation.max_update_norm,
         headline=task.headline,
         evaluation_shape=task.zero(),
         round_offset=done,
         on_round_end=save_checkpoint,
         frozen_sha256=frozen_sha256(model),
-        max_failed_rounds=cfg.max_failed_rounds,
+        max_failed_rounds=cfg.federation.max_failed_rounds,
     )
     if ckpt is not None:
         tracking.rounds = ckpt.rounds
-    if cfg.secure_aggregation:
+    if cfg.federation.secure_aggregation:
         tracking.offset = 0  # the secure loop counts rounds itself
         final = secagg.run_secure_rounds(
             ProgressGrid(grid, progress or _stderr, every=float("inf"), stop=stop),  # type: ignore[arg-type]
@@ -190,7 +190,7 @@ def run_server(
             result = tracking.start(
                 grid=progress_grid,  # type: ignore[arg-type]  # a Grid by delegation
                 initial_arrays=initial,
-                num_rounds=max(cfg.rounds - done, 0),
+                num_rounds=max(cfg.federation.rounds - done, 0),
                 train_config=ConfigRecord({}),
                 evaluate_fn=central_evaluation(cfg, tracking),
             )

@@ -66,14 +66,14 @@ def run_config(run_dir: str | Path) -> RunConfig:
 def _classes(cfg: RunConfig) -> tuple[str, ...]:
     names = class_names(cfg)
     if not names:
-        raise ConfigError(f"the run's config names no class-names for dataset {cfg.dataset!r}; set class-names")
+        raise ConfigError(f"the run's config names no class-names for dataset {cfg.data.dataset!r}; set class-names")
     return names
 
 
 def _table(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
     schema = table_schema(cfg)
     header, rows = read_csv_rows(path)
-    label = cfg.label_column or (schema.label if schema else "")
+    label = cfg.data.label_column or (schema.label if schema else "")
     labelled = label in header
     if not labelled:  # scored all the same: a placeholder label, never reported
         header = [*header, label]
@@ -84,19 +84,21 @@ def _table(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Datase
         source=str(path),
         label_column=label,
         schema=schema,
-        categorical_columns=cfg.categorical,
-        class_names=cfg.class_name_list,
+        categorical_columns=cfg.data.categorical,
+        class_names=cfg.data.class_name_list,
     )
     return data, labelled
 
 
 def _texts(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
-    table = read_text_table(path, text_field=cfg.text_field, label_field=cfg.label_field, labels_optional=True)
+    table = read_text_table(
+        path, text_field=cfg.data.text_field, label_field=cfg.data.label_field, labels_optional=True
+    )
     labelled = all(table.labels)
     if not labelled:
         table = type(table)(table.texts, [classes[0]] * len(table.texts), table.source)
-    tokenizer = load_tokenizer(cfg.pretrained_path)
-    return text_dataset(table, tokenizer, max_length=cfg.max_length, classes=classes), labelled
+    tokenizer = load_tokenizer(cfg.model.pretrained_path)
+    return text_dataset(table, tokenizer, max_length=cfg.data.max_length, classes=classes), labelled
 
 
 def _npz(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
@@ -118,7 +120,7 @@ def _npz(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset,
     if not source(cfg).user_data and np.issubdtype(raw.dtype, np.integer):
         # A built-in image set has its own pixel rule (digits: 0..16 / 16), not the 8-bit one.
         raise DataError(
-            f"{path}: this run trained on {cfg.dataset}; give its images as floats already scaled to [0, 1]"
+            f"{path}: this run trained on {cfg.data.dataset}; give its images as floats already scaled to [0, 1]"
         )
     x = _images_to_chw(raw, f"{path}:{name}")
     if labels is None:

@@ -38,12 +38,13 @@ def build_metrics(
     """The metrics document: one entry per round, and a ``final`` section."""
     last_site: dict[int, dict[str, float]] = {}
     records: dict[int, int] = {}
-    budgets: dict[int, float] = {}  # as each site last reported it
+    budgets: dict[int, tuple[float, float]] = {}  # (epsilon, delta), as each site last reported it
     out_rounds = []
     for log in rounds:
         budgets.update(log.budgets)
         sites = {}
         for site_id in range(num_sites):
+            delta = budgets.get(site_id, (0.0, cfg.policy.budget_delta))[1]
             if site_id in log.train:
                 last_site[site_id] = log.train[site_id]
                 records[site_id] = int(log.train[site_id][rk.NUM_EXAMPLES])
@@ -53,8 +54,8 @@ def build_metrics(
                 "resent": site_id in log.resent,
                 "refused": log.refusals.get(site_id),
                 "rejected": log.rejections.get(site_id),
-                "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.dp else None,
-                "delta": cfg.delta if cfg.dp else None,
+                "epsilon": prev.get(rk.EPSILON, 0.0) if cfg.privacy.dp else None,  # spent, at budget_delta
+                "budget_delta": delta if cfg.privacy.dp else None,
                 "dp_steps": int(prev.get(rk.DP_STEPS, 0)),
                 # The mechanism of this round's steps, so epsilon can be recomputed:
                 "noise_multiplier": log.train[site_id].get(rk.NOISE_MULTIPLIER) if site_id in log.train else None,
@@ -78,7 +79,7 @@ def build_metrics(
                 "seconds": round(log.seconds, 3),
                 "bytes_to_sites": log.bytes_to_sites,
                 # masked SecAgg+ vectors travel inside the protocol's stages: not counted here
-                "bytes_from_sites": None if cfg.secure_aggregation else log.bytes_from_sites,
+                "bytes_from_sites": None if cfg.federation.secure_aggregation else log.bytes_from_sites,
                 "sites": sites,
             }
         )
@@ -92,13 +93,14 @@ def build_metrics(
         # replies that were errors (a site that crashed, timed out or could not read its state)
         "failures": sum(len(log.failures) for log in rounds),
         "failed_rounds": sum(1 for log in rounds if log.failures and not log.answered),
-        "dp": cfg.dp,
-        "accountant": "prv" if cfg.dp else None,
+        "dp": cfg.privacy.dp,
+        "accountant": "prv" if cfg.privacy.dp else None,
         "unit_of_privacy": "one record at one site (add/remove-one)",
-        "epsilon_budget": cfg.epsilon if cfg.dp else None,  # default; per-site in final.sites
-        "delta": cfg.delta if cfg.dp else None,
-        "accuracy_scored_on": "server test set" if cfg.centralized_eval else "sites' validation splits",
-        "task": cfg.task,
+        # what the job asked each site to spend at most (None: what was left of its budget);
+        # each site's own budget is in final.sites
+        "job_epsilon": (cfg.privacy.job_epsilon or None) if cfg.privacy.dp else None,
+        "accuracy_scored_on": "server test set" if cfg.federation.centralized_eval else "sites' validation splits",
+        "task": cfg.task.kind,
         "headline": headline,
         "shown_metrics": list(shown_metrics),
         "model": model or {},
@@ -113,11 +115,11 @@ def build_metrics(
                 str(s): {
                     "records": records.get(s),
                     "epsilon": final_round["sites"][str(s)]["epsilon"] if final_round else None,
-                    "delta": cfg.delta if cfg.dp else None,
                     "dp_steps": final_round["sites"][str(s)]["dp_steps"] if final_round else 0,
                     # the site's own budget as it reported it; the job's setting for a site that
                     # never answered (marked by budget_reported_by_site)
-                    "budget": budgets.get(s, cfg.budget_epsilon(f"site-{s}")) if cfg.dp else None,
+                    "budget_epsilon": _budget(cfg, budgets, s)[0] if cfg.privacy.dp else None,
+                    "budget_delta": _budget(cfg, budgets, s)[1] if cfg.privacy.dp else None,
                     "budget_reported_by_site": s in budgets,
                     "refusals": refusals[s],
                 }
@@ -125,6 +127,11 @@ def build_metrics(
             },
         },
     }
+
+
+def _budget(cfg: RunConfig, reported: dict[int, tuple[float, float]], site: int) -> tuple[float, float]:
+    """A site's (epsilon, delta) budget as it reported it, else the scenario's for the site."""
+    return reported.get(site, (cfg.policy.budget_of(f"site-{site}"), cfg.policy.budget_delta))
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -164,7 +171,7 @@ def write_config(out: Path, cfg: RunConfig) -> Path:
         + str(path).encode()
         + b"\n"
     )
-    _atomic_write(path, header + tomli_w.dumps(cfg.to_flat()).encode())
+    _atomic_write(path, header + tomli_w.dumps(cfg.to_sections()).encode())
     return path
 
 
@@ -211,8 +218,12 @@ def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
             ax_eps.plot(
                 rounds, [r["sites"][site]["epsilon"] for r in metrics["rounds"]], marker=".", label=f"site {site}"
             )
-        ax_eps.axhline(metrics["epsilon_budget"], color="red", linestyle=":", label="budget")
-        ax_eps.set_title(f"Cumulative epsilon per site (delta={metrics['delta']:g}, PRV)")
+        final_sites = metrics["final"]["sites"].values()
+        for i, budget in enumerate(sorted({s["budget_epsilon"] for s in final_sites})):
+            ax_eps.axhline(budget, color="red", linestyle=":", label="budget" if i == 0 else None)
+        deltas = sorted({s["budget_delta"] for s in final_sites})
+        at = f"delta={deltas[0]:g}" if len(deltas) == 1 else "at each site's delta"
+        ax_eps.set_title(f"Cumulative epsilon per site ({at}, PRV)")
         ax_eps.legend(fontsize="small", ncol=2)
     else:
         ax_eps.text(

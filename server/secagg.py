@@ -33,7 +33,7 @@ from flwr.serverapp import Grid
 
 from common import records as rk
 from common.config import RunConfig
-from server.tracking import SITE_TRAIN_KEYS, SiteTracking, parse_claim
+from server.tracking import SITE_TRAIN_KEYS, SiteTracking, parse_claim, reported_budget
 
 REPORT = "report."
 
@@ -96,8 +96,8 @@ class TrackedFedAvg(LegacyFedAvg):
         for proxy, res in results:
             m = res.metrics
             site_id = int(m[rk.SITE_ID])
-            if rk.BUDGET in m:
-                log.budgets[site_id] = float(m[rk.BUDGET])
+            if rk.BUDGET_EPSILON in m:
+                log.budgets[site_id] = reported_budget(m)
             if int(m.get(rk.REFUSED, 0)):
                 log.refusals[site_id] = str(m.get(REPORT + rk.REASON, "refused"))
                 self.tracking.refused_by(proxy.node_id, log.refusals[site_id])
@@ -167,33 +167,33 @@ def run_secure_rounds(
     start_round: int,
     evaluate_fn: Callable[[int, ArrayRecord], Any],
 ) -> ArrayRecord:
-    """Rounds ``start_round + 1 .. cfg.rounds`` with SecAgg+; returns the final global model."""
+    """Rounds ``start_round + 1 .. cfg.federation.rounds`` with SecAgg+; returns the final global model."""
     names = list(initial.keys())
     strategy = TrackedFedAvg(
         tracking,
         names,
-        fraction_fit=cfg.fraction_train,
+        fraction_fit=cfg.federation.fraction_train,
         fraction_evaluate=0.0,
         min_fit_clients=2,
         min_evaluate_clients=0,
         min_available_clients=2,
         fit_metrics_aggregation_fn=lambda _: {},
     )
-    legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
+    legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.federation.rounds), strategy=strategy)
     thread, stop, connected = start_update_client_manager_thread(grid, legacy.client_manager)
     connected.wait()
     workflow = DropoutTolerantSecAggPlusWorkflow(
-        num_shares=_count_or_fraction(cfg.secagg_shares),
-        reconstruction_threshold=_count_or_fraction(cfg.secagg_threshold),
-        max_weight=cfg.secagg_max_weight,
-        clipping_range=cfg.secagg_clipping_range,
-        timeout=cfg.secagg_timeout or None,
+        num_shares=_count_or_fraction(cfg.federation.secagg_shares),
+        reconstruction_threshold=_count_or_fraction(cfg.federation.secagg_threshold),
+        max_weight=cfg.federation.secagg_max_weight,
+        clipping_range=cfg.federation.secagg_clipping_range,
+        timeout=cfg.federation.secagg_timeout or None,
     )
     current = initial
     round_config = ConfigRecord()
     legacy.state.config_records[MAIN_CONFIGS_RECORD] = round_config
     try:
-        for server_round in range(start_round + 1, cfg.rounds + 1):
+        for server_round in range(start_round + 1, cfg.federation.rounds + 1):
             if tracking.should_stop(server_round, grid):
                 break
             tracking.round_started()

@@ -24,22 +24,25 @@ STRATEGIES: dict[StrategyKind, StrategyEntry] = {
     StrategyKind.FEDAVG: StrategyEntry("example-weighted mean (FedAvg)", lambda cfg, kw: FedAvg(**kw)),
     StrategyKind.FEDPROX: StrategyEntry(
         "FedAvg with a proximal term at the sites (proximal-mu)",
-        lambda cfg, kw: FedProx(**kw, proximal_mu=cfg.proximal_mu),
+        lambda cfg, kw: FedProx(**kw, proximal_mu=cfg.federation.proximal_mu),
     ),
     StrategyKind.FEDADAM: StrategyEntry(
         "Adam on the server over the mean update (server-learning-rate)",
-        lambda cfg, kw: FedAdam(**kw, eta=cfg.server_learning_rate, eta_l=cfg.learning_rate),
+        lambda cfg, kw: FedAdam(**kw, eta=cfg.federation.server_learning_rate, eta_l=cfg.training.learning_rate),
     ),
     StrategyKind.TRIMMED_MEAN: StrategyEntry(
-        "coordinate-wise trimmed mean (trim-fraction)", lambda cfg, kw: FedTrimmedAvg(**kw, beta=cfg.trim_fraction)
+        "coordinate-wise trimmed mean (trim-fraction)",
+        lambda cfg, kw: FedTrimmedAvg(**kw, beta=cfg.federation.trim_fraction),
     ),
     StrategyKind.MEDIAN: StrategyEntry("coordinate-wise median", lambda cfg, kw: FedMedian(**kw)),
     StrategyKind.KRUM: StrategyEntry(
         "Krum: the update closest to its neighbours (num-malicious)",
-        lambda cfg, kw: Krum(**kw, num_malicious_nodes=cfg.num_malicious),
+        lambda cfg, kw: Krum(**kw, num_malicious_nodes=cfg.federation.num_malicious),
     ),
     StrategyKind.MULTI_KRUM: StrategyEntry(
         "mean of the krum-select updates Krum scores best (num-malicious)",
-        lambda cfg, kw: MultiKrum(**kw, num_malicious_nodes=cfg.num_malicious, num_nodes_to_select=cfg.krum_select),
+        lambda cfg, kw: MultiKrum(
+            **kw, num_malicious_nodes=cfg.federation.num_malicious, num_nodes_to_select=cfg.federation.krum_select
+        ),
     ),
 }

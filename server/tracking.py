@@ -11,6 +11,7 @@ Once every site has refused, no more rounds are sent and the job ends cleanly.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,8 +32,8 @@ from server.validation import validate_update
 # What the server keeps of a site's train reply (plain and SecAgg+ paths).
 SITE_TRAIN_KEYS = (
     rk.EPSILON,
-    rk.DELTA,
-    rk.BUDGET,
+    rk.BUDGET_EPSILON,
+    rk.BUDGET_DELTA,
     rk.DP_STEPS,
     rk.NOISE_MULTIPLIER,
     rk.SAMPLE_RATE,
@@ -49,7 +50,7 @@ class RoundLog:
     resent: set[int] = field(default_factory=set)  # site ids that re-sent an update already released
     rejections: dict[int, str] = field(default_factory=dict)  # site id -> why the server rejected its update
     failures: list[str] = field(default_factory=list)
-    budgets: dict[int, float] = field(default_factory=dict)  # site id -> budget the site reported
+    budgets: dict[int, tuple[float, float]] = field(default_factory=dict)  # site id -> its (epsilon, delta) budget
     evaluate: dict[int, dict[str, float]] = field(default_factory=dict)
     federated_eval: dict[str, float] = field(default_factory=dict)
     central_eval: dict[str, float] = field(default_factory=dict)
@@ -77,6 +78,11 @@ def parse_claim(raw: object) -> dict[str, Any] | None:
     except json.JSONDecodeError:
         return {"unreadable": str(raw)}
     return claim if isinstance(claim, dict) else {"unreadable": str(raw)}
+
+
+def reported_budget(metrics: Mapping[str, object]) -> tuple[float, float]:
+    """The (epsilon, delta) budget a site reported in a reply, as its policy says."""
+    return float(metrics[rk.BUDGET_EPSILON]), float(metrics.get(rk.BUDGET_DELTA, math.nan))  # type: ignore[arg-type]
 
 
 def arrays_hash(arrays: ArrayRecord) -> str:
@@ -267,8 +273,8 @@ class SiteTracking(Strategy):
                 continue
             m = msg.content[rk.METRICS]
             site_id = int(m[rk.SITE_ID])
-            if rk.BUDGET in m:
-                log.budgets[site_id] = float(m[rk.BUDGET])  # type: ignore[arg-type]
+            if rk.BUDGET_EPSILON in m:
+                log.budgets[site_id] = reported_budget(m)
             if rk.REFUSAL in msg.content:
                 refusal = msg.content[rk.REFUSAL]
                 log.refusals[site_id] = str(refusal[rk.REASON])

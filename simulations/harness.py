@@ -51,8 +51,8 @@ def check_inputs(cfg: RunConfig) -> None:
     bad column, too many sites, unreadable weights) is reported as one clear line before any worker starts."""
     build_model(model_spec(cfg), seed=cfg.seed)  # pretrained weights: read (and checked) once, here
     server_test_set(cfg)
-    sites = site_partitions(cfg, cfg.sites)
-    if cfg.dp and cfg.noise_multiplier == 0:
+    sites = site_partitions(cfg, cfg.federation.sites)
+    if cfg.privacy.dp and cfg.privacy.noise_multiplier == 0:
         check_plan_size(cfg, [len(s.train) + len(s.val) for s in sites])
     check_folders(cfg)
 
@@ -68,13 +68,14 @@ def check_plan_size(cfg: RunConfig, site_records: list[int]) -> None:
     """Refuse a plan (rounds x local steps) that the accountant cannot calibrate for."""
     from client.dp_trainer import LocalPlan, sampling
 
-    plan = LocalPlan(cfg.local_epochs, cfg.batch_size, cfg.learning_rate)
+    plan = LocalPlan(cfg.training.local_epochs, cfg.training.batch_size, cfg.training.learning_rate)
+    rounds = cfg.federation.rounds
     for site_id, n in enumerate(site_records):
         _, steps = sampling(max(n, 1), plan)
-        if steps * cfg.rounds > MAX_PLANNED_STEPS:
+        if steps * rounds > MAX_PLANNED_STEPS:
             raise FedshieldError(
                 f"the plan is too large to account for: site-{site_id} would take {steps} DP steps per round x "
-                f"{cfg.rounds} rounds = {steps * cfg.rounds} steps (at most {MAX_PLANNED_STEPS}); "
+                f"{rounds} rounds = {steps * rounds} steps (at most {MAX_PLANNED_STEPS}); "
                 "use fewer rounds or local-epochs, or a larger batch-size"
             )
 
@@ -170,7 +171,7 @@ def _backend_config(cfg: RunConfig) -> dict[str, Any]:
     import torch
 
     cpus = os.cpu_count() or 1
-    gpus = 1.0 / min(cfg.sites, 4) if torch.cuda.is_available() else 0.0
+    gpus = 1.0 / min(cfg.federation.sites, 4) if torch.cuda.is_available() else 0.0
     return {
         "client_resources": {"num_cpus": 1, "num_gpus": gpus},
         "init_args": {
@@ -207,7 +208,7 @@ def _worker_environment(values: dict[str, str]) -> Iterator[None]:
 def simulate(
     cfg: RunConfig, *, site_cfg: RunConfig | None = None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """Run ``cfg`` with ``cfg.sites`` simulated sites; return the metrics written to ``cfg.out``.
+    """Run ``cfg`` with ``cfg.federation.sites`` simulated sites; return the metrics written to ``cfg.out``.
 
     The parties' public keys are provisioned to :func:`trusted_keys_path` for the auditor.
 
@@ -223,7 +224,7 @@ def simulate(
     from simulations.watchdog import leave_nothing_behind
 
     check_inputs(cfg)
-    parse_attacks(cfg.attack)
+    parse_attacks(cfg.federation.attack)
     out = Path(cfg.out)
     if not cfg.state_dir and not cfg.resume:
         archive_previous_state(out, progress=progress)
@@ -236,7 +237,7 @@ def simulate(
     notice_filter = _DropDeprecationNotice()
     for handler in flwr_logger.handlers:
         handler.addFilter(notice_filter)
-    mods = [quiet_flower, *([attack_mod(cfg.attack)] if cfg.attack else [])]
+    mods = [quiet_flower, *([attack_mod(cfg.federation.attack)] if cfg.federation.attack else [])]
     engine_gone = threading.Event()  # tells the server loop that no reply will come
     try:
         # No Ray process outlives this run, even after kill -9.
@@ -245,7 +246,7 @@ def simulate(
                 run_simulation(
                     server_app=make_server_app(cfg, progress=progress, stop=engine_gone),
                     client_app=make_client_app(site_cfg or cfg, mods=mods),
-                    num_supernodes=cfg.sites,
+                    num_supernodes=cfg.federation.sites,
                     backend_config=_backend_config(cfg),
                 )
             except RuntimeError as exc:

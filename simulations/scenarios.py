@@ -1,7 +1,8 @@
-"""Scenario files: ``simulations/scenarios/NAME.toml``, flat kebab-case settings.
+"""Scenario files: ``simulations/scenarios/NAME.toml``, kebab-case settings.
 
-A scenario file may set any setting of :class:`~common.config.RunConfig`; command-line
-options override it.
+A scenario file may set any setting of :class:`~common.config.RunConfig`, at the top level
+(``seed``, ``out``, ...) or in the table of its section (``[data]``, ``[model]``, ``[task]``,
+``[training]``, ``[federation]``, ``[privacy]``, ``[policy]``); command-line options override it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def describe(name: str) -> str:
     cfg = load_scenario(name)
     values = tomllib.loads(scenario_path(name).read_text(encoding="utf-8"))
     first = str(values.get("description", "")).split(". ")[0].rstrip(".")
-    return f"{name}: {cfg.dataset}, {cfg.model}, {cfg.sites} sites, {cfg.rounds} rounds. {first}."
+    fed = cfg.federation
+    return f"{name}: {cfg.data.dataset}, {cfg.model.kind}, {fed.sites} sites, {fed.rounds} rounds. {first}."
 
 
 def load_scenario(name: str) -> RunConfig:
@@ -53,8 +55,5 @@ def load_scenario(name: str) -> RunConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file (byte {exc.start})") from None
     values.pop("description", None)
-    nested = [k for k, v in values.items() if isinstance(v, dict)]
-    if nested:
-        raise ConfigError(f"{path}: settings must be flat key = value pairs, found section [{nested[0]}]")
     values.setdefault("scenario", path.stem)
     return RunConfig.from_flat(values, source=str(path))

@@ -39,52 +39,56 @@ class DataSource:
 
 
 def _sklearn(name: str) -> Callable[[RunConfig, TableSchema | None], Loaded]:
-    return lambda cfg, schema: (load_sklearn(name, schema=schema, class_names=cfg.class_name_list), None)
+    return lambda cfg, schema: (load_sklearn(name, schema=schema, class_names=cfg.data.class_name_list), None)
 
 
 def _credit(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
-    if cfg.class_name_list:
+    if cfg.data.class_name_list:
         raise ConfigError("synthetic:credit has the fixed classes of its schema: leave class-names unset")
-    return synthetic_credit(cfg.synthetic_records, seed=cfg.seed, schema=schema), None
+    return synthetic_credit(cfg.data.synthetic_records, seed=cfg.seed, schema=schema), None
 
 
 def _notes(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
-    return _tokenized(cfg, synthetic_notes(cfg.synthetic_records, seed=cfg.seed), classes=DEPARTMENTS), None
+    return _tokenized(cfg, synthetic_notes(cfg.data.synthetic_records, seed=cfg.seed), classes=DEPARTMENTS), None
 
 
 def _csv(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
-    if not cfg.label_column and not (schema and schema.label):
+    if not cfg.data.label_column and not (schema and schema.label):
         raise ConfigError("dataset 'csv' needs label-column (--label-column) or a label in its feature-schema")
     table = load_csv(
-        cfg.data_path,
-        label_column=cfg.label_column,
+        cfg.data.data_path,
+        label_column=cfg.data.label_column,
         schema=schema,
-        categorical_columns=cfg.categorical,
-        class_names=cfg.class_name_list,
+        categorical_columns=cfg.data.categorical,
+        class_names=cfg.data.class_name_list,
     )
     return table, None
 
 
 def _npz(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
-    return load_npz(cfg.data_path, class_names=cfg.class_name_list)
+    return load_npz(cfg.data.data_path, class_names=cfg.data.class_name_list)
 
 
 def _image_folder(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
-    return load_image_folder(cfg.data_path, class_names=cfg.class_name_list), None
+    return load_image_folder(cfg.data.data_path, class_names=cfg.data.class_name_list), None
 
 
 def _text(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
-    table = read_text_table(cfg.data_path, text_field=cfg.text_field, label_field=cfg.label_field)
+    table = read_text_table(cfg.data.data_path, text_field=cfg.data.text_field, label_field=cfg.data.label_field)
     return _tokenized(cfg, table), None
 
 
 def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) -> Dataset:
     """Text tokenized offline with the (public, pretrained) tokenizer saved beside the
     transformer's weights; labels by class-names (a user's text file must give them)."""
-    if cfg.model != "transformer":
-        raise ConfigError(f"dataset {cfg.dataset!r} holds text: it needs model 'transformer', not {cfg.model!r}")
-    classes = require_class_names(cfg.class_name_list or classes, source=table.source, kind="text file")
-    return text_dataset(table, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=classes)
+    if cfg.model.kind != "transformer":
+        raise ConfigError(
+            f"dataset {cfg.data.dataset!r} holds text: it needs model 'transformer', not {cfg.model.kind!r}"
+        )
+    classes = require_class_names(cfg.data.class_name_list or classes, source=table.source, kind="text file")
+    return text_dataset(
+        table, load_tokenizer(cfg.model.pretrained_path), max_length=cfg.data.max_length, classes=classes
+    )
 
 
 _T, _I, _X = Modality.TABULAR, Modality.IMAGE, Modality.TEXT
@@ -106,23 +110,23 @@ SOURCES: dict[str, DataSource] = {
 
 def source(cfg: RunConfig) -> DataSource:
     try:
-        return SOURCES[cfg.dataset]
+        return SOURCES[cfg.data.dataset]
     except KeyError:
-        raise ConfigError(f"dataset must be one of {', '.join(SOURCES)}, got {cfg.dataset!r}") from None
+        raise ConfigError(f"dataset must be one of {', '.join(SOURCES)}, got {cfg.data.dataset!r}") from None
 
 
 def table_schema(cfg: RunConfig) -> TableSchema | None:
     """The table's public schema: ``feature-schema`` (a path), else the one shipped with a
     built-in data set, else None (a user's table then fails closed when loaded)."""
     tables = ", ".join(name for name, s in SOURCES.items() if s.table)
-    if cfg.feature_schema and not source(cfg).table:
+    if cfg.data.feature_schema and not source(cfg).table:
         raise ConfigError(
-            f"feature-schema applies to tables ({tables}), not dataset {cfg.dataset!r}: "
+            f"feature-schema applies to tables ({tables}), not dataset {cfg.data.dataset!r}: "
             "its preprocessing is already fixed and public"
         )
-    if cfg.feature_schema:
-        return load_schema(cfg.feature_schema)
-    builtin = BUILTIN_SCHEMAS.get(cfg.dataset)
+    if cfg.data.feature_schema:
+        return load_schema(cfg.data.feature_schema)
+    builtin = BUILTIN_SCHEMAS.get(cfg.data.dataset)
     return load_schema(builtin) if builtin else None
 
 
@@ -131,6 +135,6 @@ def load_source(cfg: RunConfig) -> Loaded:
     Already preprocessed, record by record, with public parameters only."""
     entry = source(cfg)
     schema = table_schema(cfg)
-    if entry.user_data and not cfg.data_path:
-        raise ConfigError(f"dataset {cfg.dataset!r} needs data-path (--data-path)")
+    if entry.user_data and not cfg.data.data_path:
+        raise ConfigError(f"dataset {cfg.data.dataset!r} needs data-path (--data-path)")
     return entry.load(cfg, schema)

@@ -28,7 +28,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from common.config import coerce_value
+from common.codec import check, check_class_names, coerce_value
 from common.errors import ConfigError
 
 SECRET_FILE = "site.secret"
@@ -74,23 +74,17 @@ class SitePolicy:
     declared_public: tuple[str, ...] = field(default=("record-count",))
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             0 < self.epsilon <= MAX_EPSILON and math.isfinite(self.epsilon),
             "budget-epsilon",
             f"must be in (0, {MAX_EPSILON:g}]",
             self.epsilon,
         )
-        _check(0 < self.delta < 1, "budget-delta", "must be in (0, 1)", self.delta)
-        _check(0 < self.val_fraction < 1, "val-fraction", "must be in (0, 1)", self.val_fraction)
-        _check(bool(self.data_source.strip()), "data-source", "must be a non-empty name", self.data_source)
-        _check(self.eval_noise_multiplier > 0, "eval-noise-multiplier", "must be > 0", self.eval_noise_multiplier)
-        names = self.class_names
-        _check(
-            not names or (len(names) >= 2 and len(set(names)) == len(names)),
-            "class-names",
-            "must list at least 2 distinct labels",
-            ",".join(names),
-        )
+        check(0 < self.delta < 1, "budget-delta", "must be in (0, 1)", self.delta)
+        check(0 < self.val_fraction < 1, "val-fraction", "must be in (0, 1)", self.val_fraction)
+        check(bool(self.data_source.strip()), "data-source", "must be a non-empty name", self.data_source)
+        check(self.eval_noise_multiplier > 0, "eval-noise-multiplier", "must be > 0", self.eval_noise_multiplier)
+        check_class_names(self.class_names)
 
     def as_record(self) -> dict[str, Any]:
         """What the ledger records of the policy (no secret: the split seed is left out)."""
@@ -203,8 +197,3 @@ def read_policy_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: site policy file not found") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable TOML policy ({exc})") from None
-
-
-def _check(ok: bool, key: str, rule: str, value: object) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {rule}, got {value!r}")

@@ -28,16 +28,16 @@ def _binary_risk(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
             f"task binary-risk needs exactly two classes, got {len(class_names)}"
             + (f" ({', '.join(class_names)})" if class_names else "; set class-names")
         )
-    if cfg.positive_label not in class_names:
+    if cfg.task.positive_label not in class_names:
         raise ConfigError(
-            f"positive-label must be one of the classes {', '.join(class_names)}, got {cfg.positive_label!r}"
+            f"positive-label must be one of the classes {', '.join(class_names)}, got {cfg.task.positive_label!r}"
         )
     try:
         return BinaryRisk(
-            positive=class_names.index(cfg.positive_label),
-            threshold=cfg.decision_threshold,
-            bins=cfg.score_bins,
-            class_weights=cfg.class_weight_list,
+            positive=class_names.index(cfg.task.positive_label),
+            threshold=cfg.task.decision_threshold,
+            bins=cfg.task.score_bins,
+            class_weights=cfg.task.class_weight_list,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -51,4 +51,4 @@ TASKS: dict[TaskKind, TaskEntry] = {
 
 def task_for(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
     """The job's task, given the classes its labels map to (by position)."""
-    return TASKS[TaskKind(cfg.task)].build(cfg, class_names)
+    return TASKS[TaskKind(cfg.task.kind)].build(cfg, class_names)

@@ -20,7 +20,7 @@ def _party(state: Path, owner: str) -> Ed25519PublicKey:
 
 
 def test_keys_are_provisioned_beside_the_state_folder(tmp_path: Path) -> None:
-    cfg = RunConfig(out=str(tmp_path / "runs" / "demo"))
+    cfg = RunConfig.of(out=str(tmp_path / "runs" / "demo"))
     assert trusted_keys_path(cfg) == tmp_path / "runs" / "demo.trusted-keys"
     state = Path(cfg.state_path)
     pubs = {o: _party(state, o) for o in ("server", "site-0")}

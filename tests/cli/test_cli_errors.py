@@ -89,8 +89,8 @@ def test_site_left_without_records(out):
 
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_epsilon_must_be_positive(out, value):
-    result = _run_cli("--epsilon", value, out=out)
-    _assert_one_line_error(result, out, f"epsilon must be > 0, got {float(value)!r}")
+    result = _run_cli("--budget-epsilon", value, out=out)
+    _assert_one_line_error(result, out, f"budget-epsilon must be in (0, 100], got {float(value)!r}")
 
 
 def test_more_sites_than_records(out):

@@ -32,7 +32,7 @@ def _resolve(*argv: str):
 
 def test_a_users_table_is_split_evenly_and_the_banner_says_so(bank: Path) -> None:
     cfg = _resolve("--dataset", "csv", "--data-path", "loans.csv", "--label-column", "y")
-    assert cfg.partition == "iid"  # not the hospital scenario's Dirichlet label skew
+    assert cfg.data.partition == "iid"  # not the hospital scenario's Dirichlet label skew
     banner = describe_run(cfg)
     assert f"data csv {bank / 'loans.csv'} (label y)" in banner
     assert "an even (iid) split over 5 sites" in banner and "Dirichlet" not in banner
@@ -40,12 +40,12 @@ def test_a_users_table_is_split_evenly_and_the_banner_says_so(bank: Path) -> Non
 
 def test_an_asked_partition_is_kept(bank: Path) -> None:
     cfg = _resolve("--dataset", "csv", "--data-path", "loans.csv", "--label-column", "y", "--partition", "dirichlet")
-    assert cfg.partition == "dirichlet" and "label skew (Dirichlet alpha=1)" in describe_run(cfg)
+    assert cfg.data.partition == "dirichlet" and "label skew (Dirichlet alpha=1)" in describe_run(cfg)
 
 
 def test_the_shipped_scenario_keeps_its_own_split() -> None:
     cfg = _resolve()
-    assert cfg.partition == "dirichlet" and "data sklearn:breast_cancer;" in describe_run(cfg)
+    assert cfg.data.partition == "dirichlet" and "data sklearn:breast_cancer;" in describe_run(cfg)
 
 
 def test_config_toml_reruns_from_any_folder(bank: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,7 +59,11 @@ def test_config_toml_reruns_from_any_folder(bank: Path, tmp_path: Path, monkeypa
     monkeypatch.chdir(elsewhere)
     again = load_scenario(str(path))
     assert again == cfg
-    assert Path(again.data_path).is_file() and Path(again.feature_schema).is_file() and Path(again.out).is_absolute()
+    assert (
+        Path(again.data.data_path).is_file()
+        and Path(again.data.feature_schema).is_file()
+        and Path(again.out).is_absolute()
+    )
 
 
 @pytest.mark.slow

@@ -73,4 +73,4 @@ def test_scenarios_command_describes_each_shipped_scenario(capsys):
     for line in lines:
         name = line.split(":", 1)[0]
         cfg = scenarios.load_scenario(name)
-        assert re.search(rf"{re.escape(cfg.dataset)}, {cfg.model}, {cfg.sites} sites", line), line
+        assert re.search(rf"{re.escape(cfg.data.dataset)}, {cfg.model.kind}, {cfg.federation.sites} sites", line), line

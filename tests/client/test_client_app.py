@@ -36,13 +36,13 @@ def _train_msg(cfg, server_round: int) -> Message:
 
 
 def test_restarted_site_continues_from_its_ledger(tmp_path: Path) -> None:
-    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=3, epsilon=2.0, out=str(tmp_path))
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=3, budget_epsilon=2.0, out=str(tmp_path))
     first = handle_train(_train_msg(cfg, 1), _context(), cfg).content[rk.METRICS]
     # The site process restarts: its in-memory node state is gone, its ledger is not.
     second = handle_train(_train_msg(cfg, 2), _context(), cfg).content[rk.METRICS]
     assert second[rk.NOISE_MULTIPLIER] == first[rk.NOISE_MULTIPLIER]  # same calibration for the job
     event = DpSgdEvent(first[rk.NOISE_MULTIPLIER], first[rk.SAMPLE_RATE], int(first[rk.DP_STEPS]))
-    assert second[rk.EPSILON] == pytest.approx(epsilon([event, event], delta=cfg.delta))
+    assert second[rk.EPSILON] == pytest.approx(epsilon([event, event], delta=cfg.policy.budget_delta))
     assert second[rk.DP_STEPS] == 2 * first[rk.DP_STEPS]
     entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
     assert [(e["kind"], e["round"], e["epsilon"]) for e in entries] == [
@@ -102,7 +102,9 @@ def test_round_asked_again_resends_the_same_update_without_spending(tmp_path: Pa
 
 
 def test_a_deployed_site_sets_its_own_budget_and_refuses_training_without_dp(tmp_path: Path) -> None:
-    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=2, epsilon=50.0, delta=0.5, out=str(tmp_path))
+    cfg = load_scenario("hospitals-tabular").replace(
+        sites=3, rounds=2, budget_epsilon=50.0, budget_delta=0.5, job_epsilon=50.0, out=str(tmp_path)
+    )
     ctx = Context(
         run_id=1,
         node_id=7,
@@ -121,7 +123,7 @@ def test_a_deployed_site_sets_its_own_budget_and_refuses_training_without_dp(tmp
     entry = read_entries(tmp_path / "st-marys" / "ledger.jsonl").entries[-1]
     assert entry["ledger"] == "st-marys" and entry["budget"] == {"epsilon": 0.5, "delta": 1e-6}
     assert entry["delta"] == 1e-6 and entry["epsilon"] <= 0.5  # calibrated to the site's budget, not the job's
-    assert reply.content[rk.METRICS][rk.DELTA] == 1e-6
+    assert reply.content[rk.METRICS][rk.BUDGET_DELTA] == 1e-6
     assert (tmp_path / "st-marys" / "st-marys.pub").exists()
     no_dp = handle_train(_train_msg(cfg.replace(dp=False), 2), ctx, cfg.replace(dp=False))
     assert no_dp.content[rk.METRICS][rk.REFUSED] == 1

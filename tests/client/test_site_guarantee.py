@@ -81,7 +81,7 @@ def test_insecure_reproducible_noise_is_recorded_as_such(tmp_path: Path) -> None
 def test_another_split_or_seed_does_not_give_a_fresh_budget(tmp_path: Path) -> None:
     # The attack that worked: a second job with another val-fraction (and seed) trained a strict
     # subset of the same records under a fresh budget (true composed epsilon 1.41 of 1).
-    first = _cfg(tmp_path, rounds=1, epsilon=1.0)
+    first = _cfg(tmp_path, rounds=1, budget_epsilon=1.0)
     spent = handle_train(_msg(first, 1, job="job-1"), _sim_context(), first).content[rk.METRICS][rk.EPSILON]
     assert 0.9 < spent <= 1.0
     second = first.replace(val_fraction=0.3, seed=1)
@@ -97,7 +97,7 @@ def test_another_split_or_seed_does_not_give_a_fresh_budget(tmp_path: Path) -> N
 
 
 def test_a_changed_file_is_recorded_never_a_reset(tmp_path: Path) -> None:
-    first = _cfg(tmp_path, rounds=1, epsilon=2.0, noise_multiplier=3.0)
+    first = _cfg(tmp_path, rounds=1, budget_epsilon=2.0, noise_multiplier=3.0)
     handle_train(_msg(first, 1, job="job-1"), _sim_context(), first)
     changed = first.replace(seed=5)  # the simulated world reshuffles: site-1 now holds other records
     reply = handle_train(_msg(changed, 1, job="job-2"), _sim_context(), changed)
@@ -128,16 +128,16 @@ def test_a_deployed_site_without_a_budget_refuses_to_train(tmp_path: Path) -> No
 def test_the_server_cannot_set_delta_or_raise_epsilon(tmp_path: Path) -> None:
     # The attack that worked: delta 0.5 from the server made the site calibrate noise that cost
     # epsilon 15.7 at the site's own delta.
-    cfg = _cfg(tmp_path, delta=0.5, epsilon=50.0)
+    cfg = _cfg(tmp_path, budget_delta=0.5, budget_epsilon=50.0, job_epsilon=50.0)
     ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0})
     metrics = handle_train(_msg(cfg, 1), ctx, cfg).content[rk.METRICS]
-    assert metrics[rk.DELTA] == 1e-5
+    assert metrics[rk.BUDGET_DELTA] == 1e-5
     history = [app.DpSgdEvent(metrics[rk.NOISE_MULTIPLIER], metrics[rk.SAMPLE_RATE], int(metrics[rk.DP_STEPS]))]
     assert epsilon(history * 2, delta=1e-5) <= 1.0  # both planned rounds fit the site's budget
 
 
 def test_the_server_can_ask_for_less(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, epsilon=0.3)
+    cfg = _cfg(tmp_path, job_epsilon=0.3)
     ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0})
     metrics = handle_train(_msg(cfg, 1), ctx, cfg).content[rk.METRICS]
     assert metrics[rk.EPSILON] <= 0.3
@@ -148,7 +148,7 @@ def test_a_policy_file_is_read_and_a_bad_one_names_the_file(tmp_path: Path) -> N
     policy.write_text("budget-epsilon = 0.5\nbudget-delta = 1e-6\nval-fraction = 0.25\n")
     cfg = _cfg(tmp_path)
     ctx = _deployed_context(tmp_path / "st", **{"site-policy": str(policy)})
-    assert handle_train(_msg(cfg, 1), ctx, cfg).content[rk.METRICS][rk.DELTA] == 1e-6
+    assert handle_train(_msg(cfg, 1), ctx, cfg).content[rk.METRICS][rk.BUDGET_DELTA] == 1e-6
     policy.write_text("budget-epsilon = 'lots'\n")
     reply = handle_train(_msg(cfg, 2), _deployed_context(tmp_path / "st2", **{"site-policy": str(policy)}), cfg)
     assert f"{policy}: budget-epsilon must be a float, got 'lots'" in str(reply.content[rk.REFUSAL][rk.REASON])
@@ -171,7 +171,7 @@ def test_evaluation_is_refused_by_default_without_reading_a_record(tmp_path: Pat
 
 def test_dp_evaluation_is_charged_to_the_budget_and_vetoed_when_it_runs_out(tmp_path: Path) -> None:
     # The attack that worked: score any weights on the validation records, as often as asked.
-    cfg = _cfg(tmp_path, site_evaluation="dp", eval_noise_multiplier=2.0, epsilon=3.0)
+    cfg = _cfg(tmp_path, evaluation="dp", eval_noise_multiplier=2.0, budget_epsilon=3.0)
     answers = [handle_evaluate(_msg(cfg, r, kind=MessageType.EVALUATE), _sim_context(), cfg) for r in range(1, 40)]
     released = [a for a in answers if rk.EVAL_REFUSED not in a.content[rk.METRICS]]
     assert 0 < len(released) < len(answers)  # the budget ran out and the site said no
@@ -193,8 +193,8 @@ def test_a_dp_evaluation_reply_holds_no_exact_statistic_of_the_records(tmp_path:
     every reply. Now every value in the reply is a noised statistic or computed from them."""
     from common.federation import job_task, site_data
 
-    cfg = _cfg(tmp_path, site_evaluation="dp", eval_noise_multiplier=2.0, epsilon=50.0, **task)
-    exact_n = len(site_data(cfg, 1, cfg.sites, val_fraction=0.2, split_seed=0).val)
+    cfg = _cfg(tmp_path, evaluation="dp", eval_noise_multiplier=2.0, budget_epsilon=50.0, **task)
+    exact_n = len(site_data(cfg, 1, cfg.federation.sites, val_fraction=0.2, split_seed=0).val)
     counts = []
     for r in range(1, 9):
         metrics = handle_evaluate(_msg(cfg, r, kind=MessageType.EVALUATE), _sim_context(), cfg).content[rk.METRICS]
@@ -213,10 +213,10 @@ def test_a_dp_evaluation_reply_holds_no_exact_statistic_of_the_records(tmp_path:
 
 def test_concurrent_requests_cannot_both_pass_the_veto(tmp_path: Path) -> None:
     # Each round alone fits the budget; two do not. Old code: both passed (1.41 of 1).
-    cfg = _cfg(tmp_path, noise_multiplier=4.0, epsilon=1.0, rounds=1)
+    cfg = _cfg(tmp_path, noise_multiplier=4.0, budget_epsilon=1.0, rounds=1)
     one = epsilon([app.DpSgdEvent(4.0, 1.0, 1)], delta=1e-5)
     assert one <= 1.0 < epsilon([app.DpSgdEvent(4.0, 1.0, 1)] * 2, delta=1e-5)
-    handle_train(_msg(cfg, 1, job="warm-up"), _sim_context(), cfg.replace(epsilon=50.0))  # loads data once
+    handle_train(_msg(cfg, 1, job="warm-up"), _sim_context(), cfg.replace(budget_epsilon=50.0))  # loads data once
     cfg = cfg.replace(state_dir=str(tmp_path / "fresh"))
     replies: list[Message] = []
     barrier = threading.Barrier(4)
@@ -240,7 +240,7 @@ def test_concurrent_requests_cannot_both_pass_the_veto(tmp_path: Path) -> None:
 
 
 def test_a_crash_after_the_reserve_still_counts_as_spent(tmp_path: Path, monkeypatch) -> None:
-    cfg = _cfg(tmp_path, noise_multiplier=4.0, epsilon=1.0)
+    cfg = _cfg(tmp_path, noise_multiplier=4.0, budget_epsilon=1.0)
 
     def crash(*_args, **_kwargs):
         raise KeyboardInterrupt("kill -9 mid-round")
@@ -255,7 +255,7 @@ def test_a_crash_after_the_reserve_still_counts_as_spent(tmp_path: Path, monkeyp
 
 
 def test_a_deleted_ledger_does_not_give_a_fresh_budget(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, epsilon=1.0, rounds=1)
+    cfg = _cfg(tmp_path, budget_epsilon=1.0, rounds=1)
     handle_train(_msg(cfg, 1), _sim_context(), cfg)
     (tmp_path / "sites" / "site-1" / "ledger.jsonl").unlink()  # keep the key, forget the spend
     reply = handle_train(_msg(cfg, 1, job="job-b"), _sim_context(), cfg)
@@ -269,7 +269,7 @@ def test_a_deleted_ledger_does_not_give_a_fresh_budget(tmp_path: Path) -> None:
 def test_a_site_configuring_itself_without_a_state_dir_is_not_taken_for_a_simulated_one(tmp_path: Path) -> None:
     # Node config with a budget but no state-dir used to fall back to the simulation path, where
     # the server's run config wrote the policy (epsilon 100, no DP).
-    cfg = _cfg(tmp_path, epsilon=100.0, dp=False)
+    cfg = _cfg(tmp_path, budget_epsilon=100.0, dp=False)
     ctx = Context(
         run_id=1,
         node_id=7,
@@ -305,7 +305,7 @@ def test_a_malformed_or_crafted_model_is_refused_before_anything_is_reserved(tmp
 
 
 def test_renaming_the_data_source_does_not_give_the_records_a_fresh_budget(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, rounds=1, epsilon=1.0)
+    cfg = _cfg(tmp_path, rounds=1, budget_epsilon=1.0)
     ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0, "data-source": "ward-a"})
     assert rk.REFUSAL not in handle_train(_msg(cfg, 1, job="j1"), ctx, cfg).content
     renamed = _deployed_context(tmp_path / "st", **{"budget-epsilon": 1.0, "data-source": "ward-a-2025"})
@@ -326,7 +326,7 @@ def test_a_deployed_sites_errors_reach_the_server_without_record_values(tmp_path
 
 
 def test_public_evaluation_is_recorded_and_released(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, site_evaluation="public")
+    cfg = _cfg(tmp_path, evaluation="public")
     metrics = handle_evaluate(_msg(cfg, 1, kind=MessageType.EVALUATE), _sim_context(), cfg).content[rk.METRICS]
     assert 0.0 <= metrics[rk.EVAL_ACCURACY] <= 1.0
     (entry,) = _entries(tmp_path / "sites" / "site-1")
@@ -334,7 +334,7 @@ def test_public_evaluation_is_recorded_and_released(tmp_path: Path) -> None:
 
 
 def test_a_server_set_noise_multiplier_cannot_spend_more_than_the_job_asked(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, epsilon=0.3, noise_multiplier=0.6)  # 0.6 at q=0.5 costs far more than 0.3
+    cfg = _cfg(tmp_path, job_epsilon=0.3, noise_multiplier=0.6)  # 0.6 at q=0.5 costs far more than 0.3
     ctx = _deployed_context(tmp_path / "st", **{"budget-epsilon": 5.0})
     reply = handle_train(_msg(cfg, 1), ctx, cfg)
     assert reply.content[rk.METRICS][rk.REFUSED] == 1

@@ -30,7 +30,7 @@ CREDIT = {"class_names": (), "feature_schema": str(BUILTIN_SCHEMAS["synthetic:cr
 
 
 def test_test_set_is_held_out_before_sites_are_made() -> None:
-    cfg = RunConfig(sites=4)
+    cfg = RunConfig.of(sites=4)
     pool, test = pool_and_test(cfg)
     sites = site_partitions(cfg, 4)
     assert sum(len(s.train) + len(s.val) for s in sites) == len(pool)
@@ -44,7 +44,7 @@ def test_every_party_uses_the_same_public_transform() -> None:
 
     from common.loaders import load_sklearn
 
-    cfg = RunConfig(sites=3)
+    cfg = RunConfig.of(sites=3)
     everything = load_sklearn("breast_cancer")
     rows = {tuple(r) for r in everything.x}
     parts = [*site_partitions(cfg, 3)]
@@ -57,7 +57,7 @@ def test_every_party_uses_the_same_public_transform() -> None:
 def test_split_is_the_sites_own_not_the_servers() -> None:
     """(c) The server's seed and val-fraction do not move a site's split; the site's spec does,
     the same way every time."""
-    cfg = RunConfig(sites=3)
+    cfg = RunConfig.of(sites=3)
     site = site_data(cfg, 1, 3, **SPLIT)
     for server in (cfg.replace(val_fraction=0.5), cfg.replace(val_fraction=0.05)):
         other = site_data(server, 1, 3, **SPLIT)
@@ -73,7 +73,7 @@ def test_split_is_the_sites_own_not_the_servers() -> None:
 def test_deployed_split_ignores_the_servers_seed_and_val_fraction(tmp_path: Path) -> None:
     path = tmp_path / "loans.csv"
     write_credit_csv(str(path), 120, seed=1)
-    cfg = RunConfig(dataset="csv", label_column="default")
+    cfg = RunConfig.of(dataset="csv", label_column="default")
     site = local_site_data(cfg, str(path), **SPLIT, **CREDIT)
     for server in (cfg.replace(seed=7), cfg.replace(val_fraction=0.6), cfg.replace(seed=3, val_fraction=0.1)):
         other = local_site_data(server, str(path), **SPLIT, **CREDIT)
@@ -108,7 +108,7 @@ def test_adding_one_record_moves_no_other_record_across_the_split() -> None:
 
 
 def test_deployed_server_builds_the_model_without_data() -> None:
-    cfg = RunConfig(
+    cfg = RunConfig.of(
         dataset="csv", data_path="/nowhere/at/all.csv", label_column="y", input_shape="12", num_classes=3, hidden="8"
     )
     spec = model_spec(cfg)
@@ -118,7 +118,7 @@ def test_deployed_server_builds_the_model_without_data() -> None:
 def test_deployed_site_reads_its_own_file(tmp_path: Path) -> None:
     path = tmp_path / "loans.csv"
     write_credit_csv(str(path), 200, seed=1)
-    cfg = RunConfig(dataset="csv", label_column="default")
+    cfg = RunConfig.of(dataset="csv", label_column="default")
     site = local_site_data(cfg, str(path), **SPLIT, **CREDIT, site_id=2)
     assert len(site.train) + len(site.val) == 200 and site.train.x.shape[1] == 14 and site.site_id == 2
     # Public transform only: clipped to the schema's bounds, then scaled or standardised with
@@ -129,15 +129,15 @@ def test_deployed_site_reads_its_own_file(tmp_path: Path) -> None:
 def test_a_deployed_table_without_schema_or_class_names_fails_closed(tmp_path: Path) -> None:
     path = tmp_path / "loans.csv"
     write_credit_csv(str(path), 50, seed=1)
-    cfg = RunConfig(dataset="csv", label_column="default", categorical_columns="home,purpose")
+    cfg = RunConfig.of(dataset="csv", label_column="default", categorical_columns="home,purpose")
     with pytest.raises(DataError, match=re.escape(f"{path}: no feature-schema")):
         local_site_data(cfg, str(path), **SPLIT, class_names=("0", "1"), feature_schema="")
     npz = tmp_path / "scans.npz"
     np.savez(npz, train_images=np.zeros((6, 2, 2), np.uint8), train_labels=np.array([0, 1] * 3))
     with pytest.raises(DataError, match=re.escape(f"{npz}: a npz file needs class-names")):
-        local_site_data(RunConfig(dataset="npz", model="cnn"), str(npz), **SPLIT, class_names=(), feature_schema="")
+        local_site_data(RunConfig.of(dataset="npz", model="cnn"), str(npz), **SPLIT, class_names=(), feature_schema="")
     site = local_site_data(
-        RunConfig(dataset="npz", model="cnn"), str(npz), **SPLIT, class_names=("a", "b", "c"), feature_schema=""
+        RunConfig.of(dataset="npz", model="cnn"), str(npz), **SPLIT, class_names=("a", "b", "c"), feature_schema=""
     )
     assert site.train.num_classes == 3  # from the site's class-names, not the largest label held
 
@@ -145,7 +145,7 @@ def test_a_deployed_table_without_schema_or_class_names_fails_closed(tmp_path: P
 def test_the_jobs_class_names_must_agree_with_the_sites(tmp_path: Path) -> None:
     path = tmp_path / "loans.csv"
     write_credit_csv(str(path), 50, seed=1)
-    cfg = RunConfig(dataset="csv", label_column="default", class_names="1,0")
+    cfg = RunConfig.of(dataset="csv", label_column="default", class_names="1,0")
     with pytest.raises(ConfigError, match="differ from this site's class-names 0, 1"):
         local_site_data(cfg, str(path), **SPLIT, class_names=("0", "1"), feature_schema=CREDIT["feature_schema"])
 
@@ -158,14 +158,14 @@ def test_class_names_give_every_site_the_same_label_mapping(tmp_path, tiny_text_
     path = tmp_path / "site.jsonl"
     rows = [{"text": f"cough and wheezing {i}", "label": ["neurology", "pulmonology"][i % 2]} for i in range(20)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = RunConfig(
+    cfg = RunConfig.of(
         dataset="text",
         model="transformer",
         pretrained_path=str(tiny_text_model),
         random_init=True,
         class_names="cardiology,neurology,pulmonology",
     )
-    names = cfg.class_name_list
+    names = cfg.data.class_name_list
     site = local_site_data(cfg, str(path), **SPLIT, class_names=names, feature_schema="")
     assert site.train.num_classes == 3 and set(site.train.y) | set(site.val.y) == {1, 2}
     assert model_spec(cfg).num_classes == 3  # a server holding no data builds the same head
@@ -180,7 +180,7 @@ def test_a_sites_outlier_moves_no_other_records_inputs(tmp_path: Path) -> None:
     write_credit_csv(str(base), 80, seed=2)
     lines = base.read_text().splitlines()
     neighbour.write_text("\n".join([*lines, "75,99999999,1.0,500,400,57,rent,business,1"]) + "\n")
-    cfg = RunConfig(dataset="csv", label_column="default")
+    cfg = RunConfig.of(dataset="csv", label_column="default")
 
     def rows(path: Path) -> set[tuple[float, ...]]:
         site = local_site_data(cfg, str(path), **SPLIT, **CREDIT)

@@ -113,18 +113,18 @@ def test_class_weighted_loss_is_each_records_own_loss_averaged_over_the_batch() 
 
 
 def test_binary_risk_config_errors_name_the_field_and_value() -> None:
-    cfg = RunConfig(task="binary-risk", positive_label="yes")
+    cfg = RunConfig.of(task="binary-risk", positive_label="yes")
     with pytest.raises(ConfigError, match=r"positive-label must be one of the classes 0, 1, got 'yes'"):
         task_for(cfg, ("0", "1"))
     with pytest.raises(ConfigError, match="needs exactly two classes, got 3"):
         task_for(cfg, ("a", "b", "c"))
     with pytest.raises(ConfigError, match="positive-label must name the positive class"):
-        RunConfig(task="binary-risk")
+        RunConfig.of(task="binary-risk")
     with pytest.raises(ConfigError, match="positive-label applies to task binary-risk"):
-        RunConfig(positive_label="1")
+        RunConfig.of(positive_label="1")
     with pytest.raises(ConfigError, match="class-weights must be comma-separated numbers"):
-        RunConfig(task="binary-risk", positive_label="1", class_weights="1,x")
+        RunConfig.of(task="binary-risk", positive_label="1", class_weights="1,x")
     with pytest.raises(ConfigError, match="decision-threshold must be in"):
-        RunConfig(task="binary-risk", positive_label="1", decision_threshold=1.0)
+        RunConfig.of(task="binary-risk", positive_label="1", decision_threshold=1.0)
     with pytest.raises(ConfigError, match="task must be one of classification, binary-risk"):
-        RunConfig(task="regression")
+        RunConfig.of(task="regression")

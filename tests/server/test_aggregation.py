@@ -99,7 +99,7 @@ def test_federated_auc_is_the_auc_of_all_sites_records_not_a_mean_of_site_aucs()
 
 @pytest.mark.parametrize("name, cls", [("fedavg", "FedAvg"), ("fedprox", "FedProx"), ("fedadam", "FedAdam")])
 def test_strategies_are_selectable(name: str, cls: str) -> None:
-    strategy = build_strategy(RunConfig(strategy=name, fraction_train=0.4))
+    strategy = build_strategy(RunConfig.of(strategy=name, fraction_train=0.4))
     assert type(strategy).__name__ == cls
     assert strategy.fraction_train == 0.4
 
@@ -112,14 +112,16 @@ def test_metrics_report_each_sites_budget_as_the_site_reported_it() -> None:
 
     def with_budget(site: int, budget: float) -> Message:
         msg = _reply(site, [np.ones(2, dtype=np.float32)], 10, 0.2)
-        msg.content[rk.METRICS][rk.BUDGET] = budget
+        msg.content[rk.METRICS][rk.BUDGET_EPSILON] = budget
+        msg.content[rk.METRICS][rk.BUDGET_DELTA] = 1e-6
         return msg
 
-    cfg = RunConfig(epsilon=1.0)
+    cfg = RunConfig.of(budget_epsilon=1.0)
     tracking = SiteTracking(build_strategy(cfg), num_rounds=1, progress=lambda _: None)
     tracking.aggregate_train(1, [with_budget(0, 3.0), with_budget(1, 0.5)])
     final = build_metrics(cfg, tracking.rounds, num_sites=3)["final"]["sites"]
-    assert [final[s]["budget"] for s in "012"] == [3.0, 0.5, 1.0]
+    assert [final[s]["budget_epsilon"] for s in "012"] == [3.0, 0.5, 1.0]
+    assert [final[s]["budget_delta"] for s in "012"] == [1e-6, 1e-6, 1e-5]
     assert [final[s]["budget_reported_by_site"] for s in "012"] == [True, True, False]
 
 

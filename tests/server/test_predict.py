@@ -148,7 +148,7 @@ def test_texts_are_tokenized_as_in_training(tmp_path: Path, tiny_text_model: Pat
     (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in notes.texts))
     result = predict(cfg.out, tmp_path / "notes.jsonl")
     records = text_dataset(
-        notes, load_tokenizer(cfg.pretrained_path), max_length=cfg.max_length, classes=cfg_classes(cfg)
+        notes, load_tokenizer(cfg.model.pretrained_path), max_length=cfg.data.max_length, classes=cfg_classes(cfg)
     )
     with torch.no_grad():
         expected = torch.softmax(model(torch.as_tensor(records.x)).double(), 1).numpy()

@@ -64,7 +64,7 @@ def test_tracking_rejects_bad_update_and_aggregates_the_rest() -> None:
             return [1, 2, 3]
 
     tracking = SiteTracking(
-        build_strategy(RunConfig(fraction_train=1.0)), num_rounds=1, progress=lambda _: None, max_update_norm=100.0
+        build_strategy(RunConfig.of(fraction_train=1.0)), num_rounds=1, progress=lambda _: None, max_update_norm=100.0
     )
     messages = list(tracking.configure_train(1, GLOBAL, ConfigRecord({}), OneRoundGrid()))
     good = _rec(w=np.ones((2, 3), np.float32), b=np.ones(3, np.float32))

@@ -36,7 +36,7 @@ def test_a_run_without_dp_is_not_private(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_a_delta_above_one_over_n_is_refused_by_every_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _simulate(tmp_path / "run", "--set", "delta=0.5")  # in a simulation the scenario is the site's policy
+    _simulate(tmp_path / "run", "--set", "budget-delta=0.5")  # in a simulation the scenario is the site's policy
     import json
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -27,8 +27,8 @@ def test_small_budget_site_stops_partway_while_others_continue(tmp_path: Path) -
         rounds=4,
         batch_size=128,
         noise_multiplier=3.0,
-        epsilon=10.0,
-        site_budgets="site-1=2.0",
+        budget_epsilon=10.0,
+        budget_epsilon_by_site="site-1=2.0",
         out=str(tmp_path),
     )
     m = simulate(cfg, **QUIET)
@@ -46,7 +46,7 @@ def test_small_budget_site_stops_partway_while_others_continue(tmp_path: Path) -
 def test_more_rounds_than_planned_get_refusals_then_a_second_job_continues_the_spend(tmp_path: Path) -> None:
     state = tmp_path / "state"
     sites_plan = load_scenario("hospitals-tabular").replace(
-        sites=3, rounds=2, epsilon=1.0, state_dir=str(state), out=str(tmp_path / "job1")
+        sites=3, rounds=2, budget_epsilon=1.0, state_dir=str(state), out=str(tmp_path / "job1")
     )
     # The server asks for 3 rounds; the sites calibrated their noise for the 2 they planned.
     m1 = simulate(sites_plan.replace(rounds=3), site_cfg=sites_plan, **QUIET)

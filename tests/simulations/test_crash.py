@@ -57,7 +57,7 @@ def test_killed_mid_job_then_a_new_job_passes_the_audit(tmp_path: Path) -> None:
         "2",
         "--rounds",
         "40",
-        "--epsilon",
+        "--budget-epsilon",
         "4",
         "--state-dir",
         str(state),
@@ -78,7 +78,7 @@ def test_killed_mid_job_then_a_new_job_passes_the_audit(tmp_path: Path) -> None:
     before = SiteLedger(simulation_paths(state, "site-0"), "site-0").spend("sklearn:breast_cancer").events
 
     cfg = load_scenario("hospitals-tabular").replace(
-        sites=2, rounds=1, epsilon=4.0, state_dir=str(state), out=str(tmp_path / "run-2")
+        sites=2, rounds=1, budget_epsilon=4.0, state_dir=str(state), out=str(tmp_path / "run-2")
     )
     simulate(cfg, progress=lambda _: None)
     after = SiteLedger(simulation_paths(state, "site-0"), "site-0").spend("sklearn:breast_cancer").events

@@ -16,9 +16,9 @@ def test_dp_evaluation_is_released_accounted_and_audited(tmp_path: Path) -> None
     cfg = load_scenario("hospitals-tabular").replace(
         sites=3,
         rounds=2,
-        epsilon=4.0,
+        budget_epsilon=4.0,
         fraction_evaluate=1.0,
-        site_evaluation="dp",
+        evaluation="dp",
         eval_noise_multiplier=20.0,
         out=str(tmp_path),
     )

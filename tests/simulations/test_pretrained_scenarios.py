@@ -51,7 +51,7 @@ def test_lora_sends_only_adapters_and_head_and_reports_bytes(lora_run: tuple[Pat
         assert model["update_bytes"] * trained <= r["bytes_from_sites"] < model["model_bytes"]
         assert r["bytes_to_sites"] == r["bytes_from_sites"]  # same tensors both ways
     for site in m["final"]["sites"].values():
-        assert 0 < site["epsilon"] <= m["epsilon_budget"]
+        assert 0 < site["epsilon"] <= site["budget_epsilon"]
 
 
 def test_lora_run_passes_the_audit(lora_run: tuple[Path, dict]) -> None:

@@ -43,7 +43,9 @@ def test_restarted_server_resumes_after_the_last_completed_round(tmp_path: Path)
         assert len({e["job"] for e in entries}) == 1
         mech = entries[0]["mechanism"]
         event = DpSgdEvent(mech["noise_multiplier"], mech["sample_rate"], mech["steps"])
-        assert m["final"]["sites"][site]["epsilon"] == pytest.approx(epsilon([event] * 4, delta=cfg.delta))
-        assert m["final"]["sites"][site]["epsilon"] <= cfg.epsilon
+        assert m["final"]["sites"][site]["epsilon"] == pytest.approx(
+            epsilon([event] * 4, delta=cfg.policy.budget_delta)
+        )
+        assert m["final"]["sites"][site]["epsilon"] <= cfg.policy.budget_epsilon
     audit = run_audit([tmp_path], trusted_keys_for(tmp_path))
     assert audit.ok, [str(p) for p in audit.problems]

@@ -15,7 +15,9 @@ from simulations.scenarios import load_scenario
 
 
 def _run(tmp_path: Path, name: str, **changes) -> dict:
-    cfg = load_scenario("hospitals-tabular").replace(partition="iid", epsilon=4.0, out=str(tmp_path / name), **changes)
+    cfg = load_scenario("hospitals-tabular").replace(
+        partition="iid", budget_epsilon=4.0, out=str(tmp_path / name), **changes
+    )
     return simulate(cfg, progress=lambda _: None)
 
 

@@ -40,9 +40,9 @@ def test_epsilon_is_cumulative_within_budget_and_recomputable(run: tuple[Path, d
     for site in ("0", "1", "2"):
         per_round = [r["sites"][site] for r in m["rounds"]]
         eps = [s["epsilon"] for s in per_round]
-        assert 0 < eps[0] < eps[1] <= m["epsilon_budget"]  # composed, never reset
+        assert 0 < eps[0] < eps[1] <= m["final"]["sites"][site]["budget_epsilon"]  # composed, never reset
         assert per_round[1]["dp_steps"] == 2 * per_round[0]["dp_steps"]
-        assert per_round[1]["delta"] == m["delta"] == 1e-5
+        assert per_round[1]["budget_delta"] == m["final"]["sites"][site]["budget_delta"] == 1e-5
         history = [DpSgdEvent(s["noise_multiplier"], s["sample_rate"], per_round[0]["dp_steps"]) for s in per_round]
         assert eps[1] == pytest.approx(epsilon(history, delta=1e-5), rel=1e-6)
         assert m["final"]["sites"][site]["epsilon"] == eps[1]
@@ -52,7 +52,7 @@ def test_epsilon_is_cumulative_within_budget_and_recomputable(run: tuple[Path, d
 def test_run_folder_holds_config_model_and_plot(run: tuple[Path, dict]) -> None:
     out, m = run
     cfg = load_scenario(str(out / "config.toml"))
-    assert (cfg.sites, cfg.rounds, cfg.out) == (3, 2, str(out))
+    assert (cfg.federation.sites, cfg.federation.rounds, cfg.out) == (3, 2, str(out))
     model = build_model(model_spec(cfg), seed=0)
     model.load_state_dict(torch.load(out / "model.pt"), strict=True)
     png = (out / "training.png").read_bytes()

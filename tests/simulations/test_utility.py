@@ -14,8 +14,13 @@ from simulations.scenarios import load_scenario
 
 @pytest.mark.parametrize("epsilon, floor", [(1.0, 0.90), (8.0, 0.95)])
 def test_default_scenario_reaches_its_accuracy(tmp_path: Path, epsilon: float, floor: float) -> None:
-    cfg = load_scenario("hospitals-tabular").replace(epsilon=epsilon, out=str(tmp_path))
-    assert (cfg.sites, cfg.partition, cfg.alpha, cfg.delta) == (5, "dirichlet", 1.0, 1e-5)
+    cfg = load_scenario("hospitals-tabular").replace(budget_epsilon=epsilon, out=str(tmp_path))
+    assert (cfg.federation.sites, cfg.data.partition, cfg.data.alpha, cfg.policy.budget_delta) == (
+        5,
+        "dirichlet",
+        1.0,
+        1e-5,
+    )
     m = simulate(cfg, progress=lambda _: None)
     assert m["accuracy_scored_on"] == "server test set"
     assert all(s["epsilon"] <= epsilon for s in m["final"]["sites"].values())
