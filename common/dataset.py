@@ -21,7 +21,8 @@ class Modality(StrEnum):
 @dataclass(frozen=True)
 class Dataset:
     """Records held in memory: ``x`` float32 features (int64 token ids for text), ``y`` int64
-    labels in [0, num_classes).
+    labels in [0, num_classes): one per record, or for tagged text one per token position
+    (shape (N, L); -100 where a position is not a word's first sub-word).
 
     Tabular records have shape (d,); image records have shape (C, H, W) with values in [0, 1];
     text records are int64 token ids of shape (L,), right-padded with the tokenizer's pad id.
@@ -41,6 +42,14 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    @property
+    def record_labels(self) -> np.ndarray:
+        """One label per record, for stratified splits and label-skew partitions: the label,
+        or for tagged text the record's largest tag index (0 when it has none)."""
+        if self.y.ndim == 1:
+            return self.y
+        return np.maximum(self.y.max(axis=1, initial=0), 0) if len(self.y) else np.zeros(0, dtype=np.int64)
 
     @property
     def record_shape(self) -> tuple[int, ...]:

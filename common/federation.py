@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.config import RunConfig
+from common.config import RunConfig, TaskKind
 from common.data.sources import load_source, source, table_schema
 from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
 from common.models import MODEL_FAMILIES, ModelKind, ModelSpec
 from common.partition import PartitionKind, PartitionSpec, partition
-from common.tasks import Task, task_for
+from common.tasks import TASKS, Task, task_for
 from common.transformer import LoraSpec
 
 
@@ -49,7 +49,7 @@ def pool_and_test(cfg: RunConfig) -> tuple[Dataset, Dataset]:
     """(pool shared out to sites, global test set), both preprocessed with public parameters."""
     pool, test = load_source(cfg)
     if test is None:
-        rest, held = stratified_split(pool.y, cfg.data.test_fraction, seed=cfg.seed)
+        rest, held = stratified_split(pool.record_labels, cfg.data.test_fraction, seed=cfg.seed)
         pool, test = pool.subset(rest), pool.subset(held)
     if len(test) == 0:
         raise DataError(f"{pool.source}: the test split is empty; use more records or a larger test-fraction")
@@ -105,6 +105,7 @@ def model_spec(cfg: RunConfig) -> ModelSpec:
             pretrained_path=cfg.model.pretrained_path,
             random_init=cfg.model.random_init,
             lora=lora,
+            per_token=TASKS[TaskKind(cfg.task.kind)].per_token,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -164,7 +165,7 @@ def _site_records(cfg: RunConfig, num_sites: int) -> tuple[Dataset, ...]:
     """Each simulated site's records: the pool partitioned by the scenario's seed (the world)."""
     pool, _ = pool_and_test(cfg)
     spec = PartitionSpec(PartitionKind(cfg.data.partition), num_sites, cfg.data.alpha, cfg.data.min_site_records)
-    return tuple(pool.subset(idx) for idx in partition(pool.y, spec, seed=cfg.seed))
+    return tuple(pool.subset(idx) for idx in partition(pool.record_labels, spec, seed=cfg.seed))
 
 
 def site_partitions(

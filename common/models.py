@@ -44,6 +44,7 @@ class ModelSpec:
     pretrained_path: str = ""
     random_init: bool = False  # transformer: config from pretrained_path, weights random
     lora: LoraSpec | None = None  # transformer: fine-tune low-rank adapters only
+    per_token: bool = False  # transformer: a score vector per token (token classification)
 
     def __post_init__(self) -> None:
         if self.num_classes < 2:
@@ -56,6 +57,8 @@ class ModelSpec:
             raise ValueError(f"resnet-width must be >= 1, got {self.width}")
         if self.lora is not None and self.kind is not ModelKind.TRANSFORMER:
             raise ValueError(f"LoRA fine-tuning is for the transformer model, not {self.kind}")
+        if self.per_token and self.kind is not ModelKind.TRANSFORMER:
+            raise ValueError(f"token classification needs the transformer model, not {self.kind}")
         if self.kind is ModelKind.MLP and len(self.input_shape) != 1:
             raise ValueError(f"mlp needs feature vectors (d,), got shape {self.input_shape}")
 
@@ -138,10 +141,14 @@ MODEL_FAMILIES: dict[ModelKind, ModelFamily] = {
     ),
     ModelKind.RESNET: ModelFamily("ResNet-18 with GroupNorm for images (resnet-width)", Modality.IMAGE, _resnet),
     ModelKind.TRANSFORMER: ModelFamily(
-        "pretrained MiniLM-L6 text classifier, full or LoRA fine-tune",
+        "pretrained MiniLM-L6 text classifier or token tagger, full or LoRA fine-tune",
         Modality.TEXT,
         lambda spec: build_text_classifier(
-            spec.pretrained_path, spec.num_classes, lora=spec.lora, random_init=spec.random_init
+            spec.pretrained_path,
+            spec.num_classes,
+            lora=spec.lora,
+            random_init=spec.random_init,
+            per_token=spec.per_token,
         ),
     ),
 }

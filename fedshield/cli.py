@@ -131,6 +131,24 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--model", required=True, metavar="RUN_DIR", help="output folder of a finished run")
     pred.add_argument("--data", required=True, metavar="FILE", help="records in the format the run trained on")
     pred.add_argument("--out", default="predictions.csv", help="where to write one row per record (CSV)")
+    mon = sub.add_parser(
+        "monitor", help="score a time-ordered stream of texts with a run's sentiment model; alert on negative surges"
+    )
+    mon.add_argument(
+        "--model", required=True, metavar="RUN_DIR", help="output folder of a finished run (a text classifier)"
+    )
+    mon.add_argument("--texts", required=True, metavar="FILE", help="the stream: JSON lines or CSV with time and text")
+    mon.add_argument("--window", default="1h", help="a duration (90s, 30m, 1h, 1d) or a count of texts (default 1h)")
+    mon.add_argument("--detector", default="cusum", help="cusum (default) or ewma; see server/monitor.py")
+    mon.add_argument("--threshold", type=float, help="cusum: decision interval h (default 8); ewma: L (default 4)")
+    mon.add_argument("--drift", type=float, default=1.0, help="allowance k in standard errors (default 1)")
+    mon.add_argument("--ewma-lambda", type=float, default=0.2, help="ewma: weight of the newest window (0.2)")
+    mon.add_argument("--baseline", type=int, default=24, help="windows that set the baseline share (default 24)")
+    mon.add_argument("--baseline-share", type=float, help="the baseline negative share, instead of --baseline")
+    mon.add_argument("--negative-label", default="negative", help="the class counted (default negative)")
+    mon.add_argument("--time-field", default="time")
+    mon.add_argument("--text-field", default="text")
+    mon.add_argument("--out", default="monitor", help="folder for alerts.json and monitor.png (default ./monitor)")
     audit_cli.add_parser(sub)
     keys_cli.add_parser(sub)
     return parser
@@ -258,6 +276,28 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from server import monitor as mon
+
+    window = mon.parse_window(args.window)
+    detector = mon.Detector(
+        args.detector, args.threshold, args.drift, args.ewma_lambda, args.baseline, args.baseline_share
+    )
+    stream = mon.read_stream(args.texts, time_field=args.time_field, text_field=args.text_field)
+    scorer = mon.text_scorer(args.model, args.negative_label)
+    result = mon.monitor(stream, scorer, window=window, detector=detector, progress=mon.print_progress)
+    for alert in result.detection.alerts:
+        print(mon.alert_line(alert, result.detection, detector))
+    alerts, plot = mon.write_outputs(result, Path(args.out))
+    print(
+        f"{len(result.detection.alerts)} alert(s) in {result.texts:,} texts, {len(result.windows)} windows of "
+        f"{result.window}; baseline negative share {result.detection.baseline:.3f} ({result.detection.baseline_from}); "
+        f"scored {result.throughput:,.0f} texts/s"
+    )
+    print(f"alerts: {alerts}, plot: {plot}")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from common.paths import writable_folder
     from server.predict import predict, write_predictions
@@ -284,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "predict":
             return _predict(args)
+        if args.command == "monitor":
+            return _monitor(args)
         if args.command == "audit":
             return audit_cli.main(args)
         if args.command == "keys":

@@ -5,6 +5,8 @@
 # that must be refused.
 # Every process it starts is stopped by its process id when it ends.
 # Usage: bash scripts/deploy-loopback.sh [WORKDIR]   (default runs/deployment; wiped first)
+# JOB="KEY=VALUE ..." adds to the job's run config (another scenario's settings, e.g. the
+# entity-recognition job); INTRUDERS=0 skips step 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APP=$PWD
@@ -78,7 +80,7 @@ done
 
 step "5. a two-round DP job with secure aggregation, launched with flwr run"
 FLWR_HOME=$D/flwr-home timeout 600 flwr run "$APP" fedshield \
-  --run-config "rounds=2 sites=2 secure-aggregation=true out='$D/server'" --stream > "$D/logs/run.log" 2>&1
+  --run-config "rounds=2 sites=2 secure-aggregation=true out='$D/server' ${JOB:-}" --stream > "$D/logs/run.log" 2>&1
 run_id=$(grep -oE 'Successfully started run [0-9]+' "$D/logs/run.log" | awk '{print $4}')
 status=$(FLWR_HOME=$D/flwr-home flwr ls fedshield --run-id "$run_id" --format json \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["runs"][0]["status"])')
@@ -91,6 +93,7 @@ cp "$D"/sites/site-*/site-*.pub "$D/server/keys/server.pub" "$D/auditor-keys/"
 fedshield audit "$D/server/server/ledger.jsonl" "$D"/sites/site-{0,1}/ledger.jsonl --keys "$D/auditor-keys" \
   --plot "$D/audit.png" | tee "$D/logs/audit.txt"
 
+[ "${INTRUDERS:-1}" = 0 ] && { step "done: logs in $D/logs"; exit 0; }
 step "7. intruders are refused: an unregistered SuperNode, and one without the CA certificate"
 set +e
 FLWR_HOME=$D/flwr-home-x timeout 60 flower-supernode --root-certificates "$T/ca.crt" --superlink "127.0.0.1:$PORT" \

@@ -21,14 +21,16 @@ import torch
 
 from common.config import RunConfig
 from common.data.sources import load_source, source, table_schema
+from common.data.tagged import TaggedTable, read_tagged, tokenize_tagged
 from common.dataset import Dataset, Modality
 from common.errors import ConfigError, DataError
 from common.evaluation import pick_device
 from common.federation import class_names, job_task, model_spec
 from common.loaders import _images_to_chw, read_csv_rows, require_file, table_from_rows
 from common.models import build_model, load_exchanged
-from common.tasks import Task
+from common.tasks import Task, pooled
 from common.tasks.binary_risk import BinaryRisk
+from common.tasks.token_classification import TokenClassification, word_tags
 from common.text_loaders import read_text_table, text_dataset
 from common.transformer import load_tokenizer
 from server.report import CONFIG_FILE, METRICS_FILE, MODEL_FILE
@@ -41,6 +43,10 @@ class Predictions:
     labelled: bool  # the file had labels: ``metrics`` are the task's on them
     metrics: dict[str, float]
     task: Task
+    # token-classification: the sentences read, and each one's predicted tags (one per word
+    # that fit in max-length; words past it are left untagged)
+    sentences: TaggedTable | None = None
+    word_predictions: list[list[str]] | None = None
 
     @property
     def predicted(self) -> np.ndarray:
@@ -101,6 +107,15 @@ def _texts(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Datase
     return text_dataset(table, tokenizer, max_length=cfg.data.max_length, classes=classes), labelled
 
 
+def _tagged(cfg: RunConfig, path: Path, tags: tuple[str, ...]) -> tuple[Dataset, bool, TaggedTable]:
+    table = read_tagged(path, tags=tags, labels_optional=True)
+    labelled = all(table.tags)
+    if not labelled:
+        table = TaggedTable(table.tokens, [[] for _ in table.tokens], table.source, table.lines)
+    tokenizer = load_tokenizer(cfg.model.pretrained_path)
+    return tokenize_tagged(table, tokenizer, max_length=cfg.data.max_length, tags=tags), labelled, table
+
+
 def _npz(cfg: RunConfig, path: Path, classes: tuple[str, ...]) -> tuple[Dataset, bool]:
     require_file(path)
     try:
@@ -140,6 +155,9 @@ def load_records(cfg: RunConfig, data: str | Path) -> tuple[Dataset, bool]:
     modality = source(cfg).modality
     if modality is Modality.TABULAR:
         return _table(cfg, path, classes)
+    if modality is Modality.TEXT and source(cfg).tagged:
+        data, labelled, _ = _tagged(cfg, path, classes)
+        return data, labelled
     if modality is Modality.TEXT:
         return _texts(cfg, path, classes)
     if path.is_dir():  # an image folder, one sub-folder per class (the labels)
@@ -157,19 +175,11 @@ def _trained_shape(run_dir: str | Path) -> tuple[int, ...] | None:
         return None
 
 
-@torch.no_grad()
-def predict(run_dir: str | Path, data: str | Path) -> Predictions:
-    cfg = run_config(run_dir)
-    records, labelled = load_records(cfg, data)
-    if len(records) == 0:
-        raise DataError(f"{data}: no records")
-    trained = _trained_shape(run_dir)
-    if trained is not None and records.modality is not Modality.TEXT and records.record_shape != trained:
-        raise DataError(
-            f"{data}: records of shape {records.record_shape}, but the run's model was trained on {trained}"
-        )
+def trained_model(run_dir: str | Path, cfg: RunConfig, record_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The run's final global model, ready to score records of ``record_shape`` (eval mode,
+    on the device :func:`pick_device` picks)."""
     classes = _classes(cfg)
-    shape = ",".join(str(d) for d in records.record_shape)
+    shape = ",".join(str(d) for d in record_shape)
     spec = model_spec(cfg.replace(input_shape=shape, num_classes=len(classes)))
     model = build_model(spec, seed=cfg.seed)
     try:
@@ -183,18 +193,75 @@ def predict(run_dir: str | Path, data: str | Path) -> Predictions:
         load_exchanged(model, state)
     except (ValueError, RuntimeError) as exc:  # torch says RuntimeError for a size mismatch
         raise ConfigError(f"--model {run_dir}: {MODEL_FILE} does not fit the run's model ({exc})") from None
-    device = pick_device()
-    model = model.to(device).eval()
+    return model.to(pick_device()).eval()
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, data: str | Path) -> Predictions:
+    cfg = run_config(run_dir)
+    classes = _classes(cfg)
+    sentences = None
+    if source(cfg).tagged:
+        records, labelled, sentences = _tagged(cfg, Path(data).expanduser().resolve(), classes)
+    else:
+        records, labelled = load_records(cfg, data)
+    if len(records) == 0:
+        raise DataError(f"{data}: no records")
+    trained = _trained_shape(run_dir)
+    if trained is not None and records.modality is not Modality.TEXT and records.record_shape != trained:
+        raise DataError(
+            f"{data}: records of shape {records.record_shape}, but the run's model was trained on {trained}"
+        )
+    model = trained_model(run_dir, cfg, records.record_shape)
+    device = next(model.parameters()).device
     x = torch.as_tensor(records.x, device=device)
-    logits = torch.cat([model(x[i : i + 256]).double().cpu() for i in range(0, len(x), 256)])
     task = job_task(cfg)
+    if isinstance(task, TokenClassification):
+        y = torch.as_tensor(records.y)
+        parts = [(model(x[i : i + 256]).double().cpu(), y[i : i + 256]) for i in range(0, len(x), 256)]
+        metrics = task.metrics(pooled(task.statistics(lg, yb) for lg, yb in parts)) if labelled else {}
+        words = [pred for lg, yb in parts for _, pred in word_tags(lg, yb, task.tags)]
+        return Predictions(classes, np.zeros((len(words), 0)), labelled, metrics, task, sentences, words)
+    logits = torch.cat([model(x[i : i + 256]).double().cpu() for i in range(0, len(x), 256)])
     metrics = task.metrics(task.statistics(logits, torch.as_tensor(records.y))) if labelled else {}
     return Predictions(classes, torch.softmax(logits, 1).numpy(), labelled, metrics, task)
 
 
+def entity_spans(words: list[str], tags: list[str]) -> list[dict[str, object]]:
+    """The entities in one tagged sentence: type, first and last word (0-based) and text."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return [
+        {"type": kind, "start": start, "end": end, "text": " ".join(words[start : end + 1])}
+        for kind, start, end in get_entities(tags)
+    ]
+
+
+def _write_tagged(result: Predictions, out: Path) -> str:
+    """Token classification: one row per sentence (CSV) or object per line (.jsonl): its
+    words, their predicted tags and the entity spans found."""
+    assert result.sentences is not None and result.word_predictions is not None
+    rows = []
+    for i, (words, tags) in enumerate(zip(result.sentences.tokens, result.word_predictions, strict=True), start=1):
+        cut = words[: len(tags)]
+        rows.append((i, words, tags + [""] * (len(words) - len(tags)), entity_spans(cut, tags)))
+    if out.suffix.lower() in (".jsonl", ".json"):
+        return "".join(json.dumps({"record": i, "tokens": w, "tags": t, "entities": e}) + "\n" for i, w, t, e in rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["record", "tokens", "tags", "entities"])
+    for i, words, tags, entities in rows:
+        spans = "; ".join(f"{e['type']}: {e['text']} ({e['start']}-{e['end']})" for e in entities)
+        writer.writerow([i, " ".join(words), " ".join(t or "-" for t in tags), spans])
+    return buf.getvalue()
+
+
 def write_predictions(result: Predictions, out: Path) -> Path:
     """One row per input record, in input order: the predicted class and every class's score
-    (for binary-risk also the risk and whether it is flagged at the run's threshold)."""
+    (for binary-risk also the risk and whether it is flagged at the run's threshold); for token
+    classification the tagged words and entity spans of each sentence."""
+    if result.word_predictions is not None:
+        return _atomic_text(out, _write_tagged(result, out))
     buf = io.StringIO()
     writer = csv.writer(buf)
     risk = isinstance(result.task, BinaryRisk)
@@ -207,8 +274,12 @@ def write_predictions(result: Predictions, out: Path) -> Path:
             p = row[result.task.positive]  # type: ignore[attr-defined]
             cells += [f"{p:.6f}", int(p >= result.task.threshold)]  # type: ignore[attr-defined]
         writer.writerow(cells)
+    return _atomic_text(out, buf.getvalue())
+
+
+def _atomic_text(out: Path, text: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)
     return out

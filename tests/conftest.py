@@ -10,19 +10,22 @@ import pytest
 from common import notes
 
 
-def write_tiny_text_model(folder: Path, *, hidden: int = 16, layers: int = 2, dropout: float = 0.0) -> Path:
+def write_tiny_text_model(
+    folder: Path, *, hidden: int = 16, layers: int = 2, dropout: float = 0.0, extra_words: tuple[str, ...] = ()
+) -> Path:
     """A Hugging Face model directory (config + tokenizer, no weights) for a tiny BERT whose
-    vocabulary covers the synthetic clinical notes: load it with ``random-init=true``."""
+    vocabulary covers the synthetic clinical notes (and ``extra_words``): load it with
+    ``random-init=true``."""
     from transformers import BertConfig, BertTokenizer
 
     phrases = [*notes.DEPARTMENTS, "year old female male presents with and denies bp hr temp"]
     for table in (notes._FINDINGS, notes._HISTORY, notes._PLAN):
         phrases += [p for options in table.values() for p in options]
-    phrases += [*notes._GENERIC_HISTORY, *notes._GENERIC_PLAN]
+    phrases += [*notes._GENERIC_HISTORY, *notes._GENERIC_PLAN, *extra_words]
     words = sorted({w for p in phrases for w in re.findall(r"[a-z]+", p.lower())})
     digits = [str(d) for d in range(10)]
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-", "/", *digits, *(f"##{d}" for d in digits)]
-    vocab += words
+    vocab += words + [w for w in extra_words if w.startswith("##")]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizer(vocab=str(folder / "vocab.txt")).save_pretrained(str(folder))
@@ -43,6 +46,22 @@ def write_tiny_text_model(folder: Path, *, hidden: int = 16, layers: int = 2, dr
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_text_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def entity_words() -> tuple[str, ...]:
+    """Most words of the entity generator (common/data/entities.py); a few stay unknown, and
+    "metformin" is split into sub-words, so first-sub-word labelling is exercised."""
+    from common.data import entities
+
+    words = [*entities._DRUGS, *entities._CONDITIONS, *entities._FREQUENCIES, *entities._DISTRACTORS]
+    words += [t.replace("{", " ").replace("}", " ") for t in entities._TEMPLATES]
+    words += ["mg", "mcg", "units", "ml", "met", "##form", "##in"]
+    return tuple(w for w in words if w != "metformin")
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_text_model(tmp_path_factory.mktemp("tiny-bert-ner"), extra_words=entity_words())
 
 
 _SLOW_FOLDERS = ("simulations", "deployment")

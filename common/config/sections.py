@@ -29,6 +29,7 @@ class ModelKind(StrEnum):
 class TaskKind(StrEnum):
     CLASSIFICATION = "classification"
     BINARY_RISK = "binary-risk"
+    TOKEN_CLASSIFICATION = "token-classification"
 
 
 class Strategy(StrEnum):
@@ -202,6 +203,9 @@ class TaskConfig(Section):
     decision_threshold: float = 0.5  # binary-risk: flag a record when P(positive) >= this
     score_bins: int = 1000  # binary-risk: score histogram bins of the pooled AUC (fewer = less DP noise)
     class_weights: str = ""  # binary-risk: public loss weight per class, in class order, e.g. "1,10"
+    # token-classification: a record's entity counts are clipped to this L2 norm (the DP bound
+    # of an evaluation release; a record with more entity involvements counts fractionally)
+    entity_bound: float = 8.0
 
     def validate(self) -> None:
         _one_of(self.kind, TaskKind, "task")
@@ -220,6 +224,7 @@ class TaskConfig(Section):
         )
         check(0 < self.decision_threshold < 1, "decision-threshold", "must be in (0, 1)", self.decision_threshold)
         check(2 <= self.score_bins <= 10_000, "score-bins", "must be in [2, 10000]", self.score_bins)
+        check(1 <= self.entity_bound <= 1000, "entity-bound", "must be in [1, 1000]", self.entity_bound)
         try:
             weights = self.class_weight_list
         except ValueError:

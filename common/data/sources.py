@@ -13,10 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.config import RunConfig
+from common.config import RunConfig, TaskKind
 from common.credit import synthetic_credit
+from common.data.entities import ENTITY_TAGS, synthetic_entity_notes
+from common.data.headlines import SENTIMENTS, synthetic_headlines
 from common.data.labels import require_class_names
 from common.data.schema import BUILTIN_SCHEMAS, TableSchema, load_schema
+from common.data.tagged import TaggedTable, read_tagged, tokenize_tagged
 from common.dataset import Dataset, Modality
 from common.errors import ConfigError
 from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
@@ -35,6 +38,7 @@ class DataSource:
     modality: Modality
     user_data: bool = False  # the user's own records (data-path): split evenly unless asked
     table: bool = False  # a table: a feature-schema applies
+    tagged: bool = False  # tagged words (one label per word): task token-classification
     classes: tuple[str, ...] = ()  # the documented classes of a built-in data set (else class-names)
 
 
@@ -50,6 +54,40 @@ def _credit(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
 
 def _notes(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
     return _tokenized(cfg, synthetic_notes(cfg.data.synthetic_records, seed=cfg.seed), classes=DEPARTMENTS), None
+
+
+def _headlines(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    return _tokenized(cfg, synthetic_headlines(cfg.data.synthetic_records, seed=cfg.seed), classes=SENTIMENTS), None
+
+
+def _entity_notes(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    table = synthetic_entity_notes(cfg.data.synthetic_records, seed=cfg.seed)
+    return _tagged_dataset(cfg, table, cfg.data.class_name_list or ENTITY_TAGS), None
+
+
+def _tagged_file(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
+    tags = require_class_names(cfg.data.class_name_list, source=cfg.data.data_path, kind="tagged file")
+    return _tagged_dataset(cfg, read_tagged(cfg.data.data_path, tags=tags), tags), None
+
+
+def _require_transformer(cfg: RunConfig) -> None:
+    if cfg.model.kind != "transformer":
+        raise ConfigError(
+            f"dataset {cfg.data.dataset!r} holds text: it needs model 'transformer', not {cfg.model.kind!r}"
+        )
+
+
+def _tagged_dataset(cfg: RunConfig, table: TaggedTable, tags: tuple[str, ...]) -> Dataset:
+    """Tagged words tokenized offline with the pretrained tokenizer; a word's tag on its first
+    sub-word (common/data/tagged.py)."""
+    _require_transformer(cfg)
+    if cfg.task.kind != TaskKind.TOKEN_CLASSIFICATION:
+        raise ConfigError(
+            f"dataset {cfg.data.dataset!r} holds tagged words: "
+            f"it needs task token-classification, not {cfg.task.kind!r}"
+        )
+    tokenizer = load_tokenizer(cfg.model.pretrained_path)
+    return tokenize_tagged(table, tokenizer, max_length=cfg.data.max_length, tags=tags)
 
 
 def _csv(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
@@ -81,9 +119,12 @@ def _text(cfg: RunConfig, schema: TableSchema | None) -> Loaded:
 def _tokenized(cfg: RunConfig, table: TextTable, classes: tuple[str, ...] = ()) -> Dataset:
     """Text tokenized offline with the (public, pretrained) tokenizer saved beside the
     transformer's weights; labels by class-names (a user's text file must give them)."""
-    if cfg.model.kind != "transformer":
+    _require_transformer(cfg)
+    if cfg.task.kind == TaskKind.TOKEN_CLASSIFICATION:
+        tagged = ", ".join(name for name, s in SOURCES.items() if s.tagged)
         raise ConfigError(
-            f"dataset {cfg.data.dataset!r} holds text: it needs model 'transformer', not {cfg.model.kind!r}"
+            f"dataset {cfg.data.dataset!r} has one label per text; task token-classification needs tagged words "
+            f"(dataset {tagged})"
         )
     classes = require_class_names(cfg.data.class_name_list or classes, source=table.source, kind="text file")
     return text_dataset(
@@ -101,10 +142,30 @@ SOURCES: dict[str, DataSource] = {
     ),
     "synthetic:credit": DataSource("generated credit applications (common/credit.py)", _credit, _T, table=True),
     "synthetic:notes": DataSource("generated clinical notes (common/notes.py)", _notes, _X, classes=DEPARTMENTS),
+    "synthetic:entity-notes": DataSource(
+        "generated medication notes, tagged DRUG / DOSE / CONDITION (common/data/entities.py)",
+        _entity_notes,
+        _X,
+        tagged=True,
+        classes=ENTITY_TAGS,
+    ),
+    "synthetic:headlines": DataSource(
+        "generated financial headlines with their sentiment (common/data/headlines.py)",
+        _headlines,
+        _X,
+        classes=SENTIMENTS,
+    ),
     "csv": DataSource("your CSV table (--data-path, --label-column)", _csv, _T, user_data=True, table=True),
     "npz": DataSource("your NumPy archive (train/val/test _images, _labels)", _npz, _I, user_data=True),
     "image-folder": DataSource("your images, one folder per class", _image_folder, _I, user_data=True),
     "text": DataSource("your texts, CSV or JSONL (text-field, label-field)", _text, _X, user_data=True),
+    "tagged": DataSource(
+        "your tagged words, CoNLL or JSONL tokens/tags (class-names: the tag set)",
+        _tagged_file,
+        _X,
+        user_data=True,
+        tagged=True,
+    ),
 }
 
 

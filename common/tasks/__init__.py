@@ -12,6 +12,7 @@ from common.errors import ConfigError
 from common.tasks.base import LOSS_BOUND, Statistics, Task, flat, pooled, unflat
 from common.tasks.binary_risk import BinaryRisk
 from common.tasks.classification import Classification
+from common.tasks.token_classification import TokenClassification
 
 __all__ = ["LOSS_BOUND", "TASKS", "Statistics", "Task", "flat", "pooled", "task_for", "unflat"]
 
@@ -20,6 +21,7 @@ __all__ = ["LOSS_BOUND", "TASKS", "Statistics", "Task", "flat", "pooled", "task_
 class TaskEntry:
     summary: str
     build: Callable[[RunConfig, tuple[str, ...]], Task]
+    per_token: bool = False  # the model scores every token (a token head), not the whole record
 
 
 def _binary_risk(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
@@ -43,9 +45,19 @@ def _binary_risk(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
         raise ConfigError(str(exc)) from None
 
 
+def _token_classification(cfg: RunConfig, class_names: tuple[str, ...]) -> Task:
+    if not class_names:
+        raise ConfigError("task token-classification needs its tag set: set class-names, e.g. O,B-DRUG,I-DRUG")
+    try:
+        return TokenClassification(class_names, entity_bound=cfg.task.entity_bound)
+    except ValueError as exc:
+        raise ConfigError(f"class-names: {exc}") from None
+
+
 TASKS: dict[TaskKind, TaskEntry] = {
     TaskKind.CLASSIFICATION: TaskEntry(Classification.summary, lambda cfg, names: Classification()),
     TaskKind.BINARY_RISK: TaskEntry(BinaryRisk.summary, _binary_risk),
+    TaskKind.TOKEN_CLASSIFICATION: TaskEntry(TokenClassification.summary, _token_classification, per_token=True),
 }
 
 

@@ -122,3 +122,75 @@ def test_lora_matches_brute_force_and_only_adapters_and_head_travel(tiny_text_mo
     total = sum(t.numel() for t in model.state_dict().values())
     assert sum(model.state_dict()[k].numel() for k in keys) < 0.2 * total
     _check_one_private_step(model, _texts(tiny_text_model), mode, bound=0.05)
+
+
+# ---- token classification: one record (a sentence) is one example -------------------------------
+
+
+def _tagged(model_dir: Path, n: int = 6) -> Dataset:
+    from common.data.entities import ENTITY_TAGS, synthetic_entity_notes
+    from common.data.tagged import tokenize_tagged
+
+    data = tokenize_tagged(synthetic_entity_notes(n, seed=2), load_tokenizer(str(model_dir)), max_length=48,
+                           tags=ENTITY_TAGS)  # fmt: skip
+    lengths = (data.x != 0).sum(1)
+    assert lengths.min() < lengths.max(), "records of different lengths: padding must be exercised"
+    return data
+
+
+def _tagger_check(model: nn.Module, data: Dataset, mode: str, bound: float) -> None:
+    from common.data.entities import ENTITY_TAGS
+    from common.tasks.token_classification import TokenClassification, token_mean_loss
+
+    task = TokenClassification(ENTITY_TAGS)
+    plan = LocalPlan(local_epochs=1, batch_size=len(data), learning_rate=1.0)
+    keys = exchanged_keys(model)
+    before = torch.cat([model.state_dict()[k].reshape(-1).float() for k in keys]).to(DEVICE)
+    result = train_local(
+        model, data, plan, privacy=PrivacyPlan(1e-9, bound, mode), randomness=reproducible(0), task=task, device=DEVICE
+    )
+    update = before - torch.cat([torch.as_tensor(w, device=DEVICE).reshape(-1) for w in result.weights])
+
+    def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # the record's mean over its words
+        return token_mean_loss(m(x), y).sum()
+
+    expected, norms = _brute_force(copy.deepcopy(model), data, bound, loss)
+    assert (norms > bound).all(), "the test must exercise clipping: every gradient above the bound"
+    torch.testing.assert_close(update, expected, atol=2e-6, rtol=2e-4)
+
+
+def _brute_force(model: nn.Module, data: Dataset, bound: float, loss) -> tuple[torch.Tensor, torch.Tensor]:
+    model = model.to(DEVICE).train()
+    clipped, norms = [], []
+    for i in range(len(data)):
+        model.zero_grad()
+        x = torch.as_tensor(data.x[i : i + 1], device=DEVICE)
+        x = x[:, : int((x != 0).sum())]  # the record alone, without padding
+        loss(model, x, torch.as_tensor(data.y[i : i + 1], device=DEVICE)).backward()
+        g = torch.cat([p.grad.reshape(-1) for p in _trainable(model)])
+        norms.append(g.norm())
+        clipped.append(g * torch.clamp(bound / (g.norm() + 1e-6), max=1.0))
+    return torch.stack(clipped).sum(0) / len(data), torch.stack(norms)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_token_tagger_full_fine_tune_matches_brute_force(tiny_tagger_model: Path, mode: str) -> None:
+    spec = ModelSpec(ModelKind.TRANSFORMER, (48,), 7, pretrained_path=str(tiny_tagger_model), random_init=True,
+                     per_token=True)  # fmt: skip
+    model = build_model(spec, seed=0)
+    data = _tagged(tiny_tagger_model)
+    assert model(torch.as_tensor(data.x[:2])).shape[-1] == 7  # a score vector per token
+    _tagger_check(model, data, mode, bound=0.05)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_token_tagger_lora_matches_brute_force(tiny_tagger_model: Path, mode: str) -> None:
+    spec = ModelSpec(ModelKind.TRANSFORMER, (48,), 7, pretrained_path=str(tiny_tagger_model), random_init=True,
+                     lora=LoraSpec(rank=2), per_token=True)  # fmt: skip
+    model = build_model(spec, seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, 0.0, 0.5)
+    keys = exchanged_keys(model)
+    assert keys and all("lora_" in k or k.startswith("head.") for k in keys)
+    _tagger_check(model, _tagged(tiny_tagger_model), mode, bound=0.05)
