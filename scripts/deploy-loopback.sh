@@ -5,7 +5,7 @@
 # that must be refused.
 # Every process it starts is stopped by its process id when it ends.
 # Usage: bash scripts/deploy-loopback.sh [WORKDIR]   (default runs/deployment; wiped first)
-# JOB="KEY=VALUE ..." adds to the job's run config (another scenario's settings, e.g. the
+# JOB="KEY=VALUE ..." adds to the job's run config (keys not set above: another scenario's settings, e.g. the
 # entity-recognition job); INTRUDERS=0 skips step 7.
 set -euo pipefail
 cd "$(dirname "$0")/.."

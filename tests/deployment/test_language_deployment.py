@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
-MINILM_LORA = "model='transformer' pretrained-path='minilm' finetune='lora' centralized-eval=true rounds=2"
+MINILM_LORA = "model='transformer' pretrained-path='minilm' finetune='lora'"  # the script runs 2 rounds
 JOBS = {
     "entity-recognition": (
         f"dataset='synthetic:entity-notes' task='token-classification' max-length=48 synthetic-records=300 "
