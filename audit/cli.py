@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from audit import empirical
 from audit.crosscheck import cross_check
 from audit.recompute import ABS_TOL, REL_TOL, recompute
 from audit.report import AuditResult, plot, to_json, to_text
@@ -21,7 +22,11 @@ from audit.verify import discover, load
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("audit", help="verify privacy ledgers and recompute every site's epsilon")
+    p = sub.add_parser(
+        "audit",
+        help="verify privacy ledgers and recompute every site's epsilon (and: audit empirical RUN_DIR)",
+        epilog="fedshield audit empirical RUN_DIR: the one-run canary audit of a run (see its --help)",
+    )
     p.add_argument("paths", nargs="+", type=Path, help="run folders (with server/, sites/) or ledger files")
     p.add_argument(
         "--keys",
@@ -82,5 +87,9 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.plot:
         plot(result, args.plot)
-    print(json.dumps(to_json(result), indent=2) if args.json else to_text(result))
+    found = [line for path in args.paths if path.is_dir() for line in empirical.summary_lines(path)]
+    if args.json:
+        print(json.dumps({**to_json(result), "empirical": found} if found else to_json(result), indent=2))
+    else:
+        print("\n".join([to_text(result), *found]))
     return 0 if result.ok else 1

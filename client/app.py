@@ -27,7 +27,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client.budget import Budget, decide
-from client.dp_trainer import LocalPlan, PrivacyPlan, sampling, train_local
+from client.canaries import CanaryPlan, archive_round, input_records, site_plan
+from client.dp_trainer import LocalPlan, PrivacyPlan, get_weights, sampling, train_local
 from client.secagg import make_legacy_fit_adapter, secagg_when_asked
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
 from common import records as rk
@@ -36,7 +37,7 @@ from common.crypto import keys
 from common.errors import ConfigError, FedshieldError
 from common.federation import SiteData, class_names, local_site_data, model_spec, site_data
 from common.hashing import arrays_sha256, salted_fingerprint
-from common.models import MAX_ABS_WEIGHT, build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
+from common.models import MAX_ABS_WEIGHT, ModelKind, build_model, exchanged_keys, load_exchanged, spec_frozen_sha256
 from common.privacy import noise
 from common.privacy.accounting import DpSgdEvent, calibrate_noise, epsilon
 from common.privacy.policy import (
@@ -424,6 +425,14 @@ def _train_locked(
         return refuse(f"the server's model has non-finite weights or weights above {MAX_ABS_WEIGHT:g}", spent_so_far())
     plan = _plan(cfg)
     randomness = _randomness(cfg, policy, site_id, server_round)
+    if cfg.privacy.simulated_fault and settings.deployed:
+        reason = f"the job asks for a simulated fault ({cfg.privacy.simulated_fault}); a deployed site never runs one"
+        return refuse(reason, spent_so_far())
+    try:
+        canaries = _canaries(cfg, settings, job, model)
+        canary_records = _canary_records(cfg, canaries)
+    except ValueError as exc:
+        return refuse(f"audit canaries: {exc}", spent_so_far())
     if policy.require_dp and not cfg.privacy.dp:
         reason = "this site only trains with differential privacy; the job asked for none"
         return refuse(reason, spent_so_far(), reported=float("nan"))
@@ -442,7 +451,9 @@ def _train_locked(
         decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, cap)
         if not decision.allowed:
             return refuse(decision.reason, decision.spent)
-        privacy = PrivacyPlan(sigma, cfg.privacy.max_grad_norm, cfg.training.grad_sample_mode)
+        privacy = PrivacyPlan(
+            sigma, cfg.privacy.max_grad_norm, cfg.training.grad_sample_mode, fault=cfg.privacy.simulated_fault
+        )
         planned_epsilon = decision.after
         # Spent from this moment: if anything below fails or the site crashes, the ledger
         # still holds this round's spend (a lost update is never a refund).
@@ -465,7 +476,18 @@ def _train_locked(
             f"the site's data changed ({meta.records} -> {len(train)} training records) since this round was planned"
         )
         return refuse(reason, float("nan"))
-    result = train_local(model, train, plan, privacy=privacy, randomness=randomness, task=_task(cfg, policy))
+    received = get_weights(model)
+    task = _task(cfg, policy)
+    result = train_local(
+        model,
+        train,
+        plan,
+        privacy=privacy,
+        randomness=randomness,
+        task=task,
+        canaries=canaries,
+        canary_records=canary_records,
+    )
     names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
     metrics: dict[str, float | int] = {
@@ -495,7 +517,10 @@ def _train_locked(
         noise=randomness.as_record() if result.event is not None else None,
         policy=policy.as_record(),
         reserve=None if reserve is None else int(reserve["seq"]),
+        canaries=cfg.privacy.audit_canaries,
     )
+    if canaries is not None:  # for the site's own empirical audit: kept at the site, never sent
+        archive_round(paths.root, job, server_round, names, received, result.weights)
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
     torch.save(
         {
@@ -511,6 +536,26 @@ def _train_locked(
         RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: _site_report(site, entry)}),
         reply_to=msg,
     )
+
+
+def _canaries(cfg: RunConfig, settings: SiteSettings, job: str, model: torch.nn.Module) -> CanaryPlan | None:
+    """The job's gradient canaries at this site (``audit-canaries``), or ``None``."""
+    m = cfg.privacy.audit_canaries
+    if m == 0:
+        return None
+    shapes = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    kind = cfg.privacy.audit_canary_kind
+    return site_plan(settings.paths.root, settings.name, job, settings.secret, shapes, m, kind)
+
+
+def _canary_records(cfg: RunConfig, plan: CanaryPlan | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """The public records of input canaries, shaped as the model's inputs, or ``None``."""
+    if plan is None or plan.kind != "input":
+        return None
+    spec = model_spec(cfg)
+    if spec.kind is ModelKind.TRANSFORMER:
+        raise ValueError("input canaries need float features (tables, images); use audit-canary-kind = 'gradient'")
+    return input_records(plan.site, plan.job, plan.size, spec.input_shape, spec.num_classes)
 
 
 def _task(cfg: RunConfig, policy: SitePolicy) -> Task:
@@ -577,7 +622,7 @@ def _evaluate_locked(
     val = _node_site(context, cfg, policy).val
     stats = statistics(_global_model(msg, cfg), val, task)
     if policy.evaluation is Evaluation.DP:
-        stats = _noised(stats, task, policy.eval_noise_multiplier, randomness.sampling_generator())
+        stats = noised_statistics(stats, task, policy.eval_noise_multiplier, randomness.sampling_generator())
     metrics = MetricRecord(
         {
             # Under DP, the noised count (the statistics' own): the exact number of validation
@@ -592,7 +637,7 @@ def _evaluate_locked(
     return Message(RecordDict({rk.METRICS: metrics}), reply_to=msg)
 
 
-def _noised(stats: Statistics, task: Task, noise_multiplier: float, gen: torch.Generator) -> Statistics:
+def noised_statistics(stats: Statistics, task: Task, noise_multiplier: float, gen: torch.Generator) -> Statistics:
     """The Gaussian mechanism on all of ``stats`` at once: std ``noise_multiplier *
     task.sensitivity`` per coordinate, from the site's secret generator. Each coordinate is four
     draws summed and halved, in float64 (the floating-point defence used for training noise),

@@ -20,7 +20,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.config.sections import GradSampleMode
+from client.canaries import (
+    UNCLIPPED_VALUE,
+    VALUE_PER_CLIP,
+    CanaryInjector,
+    CanaryPlan,
+    GradientCanaries,
+    InputCanaries,
+)
+from common.config.sections import SIMULATED_FAULTS, GradSampleMode
 from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
 from common.models import exchanged_state
@@ -51,6 +59,8 @@ class LocalPlan:
 
 
 GRAD_SAMPLE_MODES = tuple(m.value for m in GradSampleMode)  # one list: the config's
+FAULTS = SIMULATED_FAULTS  # what each does: common.config.sections
+CLIP_FAULT_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,8 +73,13 @@ class PrivacyPlan:
     noise_multiplier: float
     max_grad_norm: float
     grad_sample_mode: str = "hooks"
+    # Broken on purpose, for the empirical audit's tests of itself (simulated sites only;
+    # client.app refuses it in a deployment): see :data:`FAULTS`.
+    fault: str = ""
 
     def __post_init__(self) -> None:
+        if self.fault not in FAULTS:
+            raise ValueError(f"fault must be one of {', '.join(repr(f) for f in FAULTS)}, got {self.fault!r}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             modes = ", ".join(GRAD_SAMPLE_MODES)
             raise ValueError(f"grad_sample_mode must be one of {modes}, got {self.grad_sample_mode!r}")
@@ -111,18 +126,23 @@ def train_local(
     randomness: Randomness,
     task: Task | None = None,
     device: torch.device | None = None,
+    canaries: CanaryPlan | None = None,
+    canary_records: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> LocalResult:
     """Train ``model`` (not modified) on ``data`` for one round; return the new weights.
 
     With ``privacy``, this is DP-SGD and ``LocalResult.event`` records the mechanism exactly
     as run (checked against Opacus's own accountant history). ``randomness`` gives the Poisson
     sampler and the noise independent generators, secret unless the site asked for insecure
-    reproducible noise (:mod:`common.privacy.noise`).
+    reproducible noise (:mod:`common.privacy.noise`). ``canaries``: gradient canaries for the
+    empirical audit (:mod:`client.canaries`), records sampled like the others (input canaries:
+    their records in ``canary_records``).
     """
     device = device or pick_device()
     import copy
 
     model = copy.deepcopy(model).to(device)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     global_params = [p.detach().clone() for p in _params(model)]
     sample_rate, steps = sampling(len(data), plan)
     # Sampling draws indices on the CPU; noise is drawn where the gradients live. Two
@@ -132,6 +152,18 @@ def train_local(
     optimizer = torch.optim.SGD(_params(model), lr=plan.learning_rate)
     criterion = (task or Classification()).criterion()  # the per-example loss DP-SGD clips
     loss_fn: nn.Module = criterion
+    injector: CanaryInjector | None = None
+    if canaries is not None and canaries.kind == "input":
+        if canary_records is None:
+            raise ValueError("input canaries need their records")
+        params = [p for _, p in named]
+        injector = InputCanaries(
+            canaries, canary_records, model, params, criterion, sample_rate, randomness.canary_generator()
+        )
+    elif canaries is not None:
+        value = VALUE_PER_CLIP * privacy.max_grad_norm if privacy is not None else UNCLIPPED_VALUE
+        injector = GradientCanaries(canaries, named, sample_rate, randomness.canary_generator(), value)
+    recorded_sigma = privacy.noise_multiplier if privacy is not None else 0.0
 
     if privacy is not None:
         from opacus import PrivacyEngine
@@ -165,6 +197,9 @@ def train_local(
         # Each noise coordinate: four draws summed and halved (Opacus's secure-mode sampling),
         # from a generator re-seeded before every step.
         optimizer.secure_mode = True
+        recorded_sigma = _instrument(optimizer, model, privacy, injector)
+        if isinstance(injector, InputCanaries):
+            injector.model = model  # Opacus's wrapper: its hooks are switched off for the canaries
     else:
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
@@ -188,6 +223,9 @@ def train_local(
                 else:
                     # An empty Poisson batch is still a step: Opacus adds pure noise.
                     _empty_step_grads(model, privacy)
+                if privacy is None and injector is not None:
+                    # unclipped, as one more record of the mean-loss batch
+                    injector.add("grad", None, 1.0 / plan.batch_size)
                 if privacy is not None:
                     randomness.reseed_noise(noise_rng, done)
                 optimizer.step()
@@ -206,7 +244,7 @@ def train_local(
     if privacy is not None:
         event = DpSgdEvent(privacy.noise_multiplier, sample_rate, steps)
         recorded = engine.accountant.history
-        if recorded != [(privacy.noise_multiplier, sample_rate, steps)]:
+        if recorded != [(recorded_sigma, sample_rate, steps)]:
             raise RuntimeError(f"Opacus recorded {recorded}, planned {event}: accounting would be wrong")
         model = model._module
     return LocalResult(
@@ -214,6 +252,39 @@ def train_local(
         num_examples=len(data),
         event=event,
     )
+
+
+def _instrument(optimizer, model: nn.Module, privacy: PrivacyPlan, injector: CanaryInjector | None) -> float:
+    """Add the canaries' clipped gradients to the clipped sum before the noise, and apply a
+    simulated fault; returns the noise multiplier Opacus will record."""
+    from opacus.optimizers.optimizer import _mark_as_processed
+
+    sigma = privacy.noise_multiplier
+    if privacy.fault == "clip-larger":
+        # clipped to factor x C; the noise std sigma x C as recorded (Opacus: std = multiplier x bound)
+        optimizer.max_grad_norm = CLIP_FAULT_FACTOR * privacy.max_grad_norm
+        optimizer.noise_multiplier = sigma = privacy.noise_multiplier / CLIP_FAULT_FACTOR
+        if hasattr(model, "max_grad_norm"):  # ghost clipping clips in the backward pass
+            model.max_grad_norm = optimizer.max_grad_norm
+    if injector is None and privacy.fault != "noise-off":
+        return sigma
+    add_noise = optimizer.add_noise
+
+    def instrumented() -> None:
+        if injector is not None:
+            # each sampled canary's gradient, clipped to the bound really applied
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                injector.add("summed_grad", optimizer.max_grad_norm, 1.0)
+        if privacy.fault == "noise-off":
+            for p in optimizer.params:
+                p.grad = p.summed_grad.view_as(p).clone()
+                _mark_as_processed(p.summed_grad)
+            return
+        add_noise()
+
+    optimizer.add_noise = instrumented
+    return sigma
 
 
 def _drop_non_finite_examples(

@@ -202,9 +202,11 @@ class SiteLedger:
         noise: dict[str, Any] | None,
         policy: dict[str, Any],
         reserve: int | None,
+        canaries: int = 0,
         **base: Any,
     ) -> dict[str, Any]:
-        """The released update; with DP it completes the reserve at seq ``reserve``."""
+        """The released update; with DP it completes the reserve at seq ``reserve``.
+        ``canaries``: audit canaries planned at the site (client.canaries), recorded when any."""
         body: dict[str, Any] = {
             **self._base(**base),
             "kind": "train",
@@ -219,6 +221,8 @@ class SiteLedger:
         }
         if reserve is not None:
             body["reserve"] = reserve
+        if canaries:
+            body["audit_canaries"] = canaries
         return self.ledger.append(body)
 
     def record_refusal(self, *, reason: str, spent: float, **base: Any) -> dict[str, Any]:

@@ -316,6 +316,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["audit", "empirical"]:  # its own parser: a run folder, not ledgers and keys
+        from audit import empirical_cli
+
+        return empirical_cli.main(argv[2:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "scenarios":

@@ -148,7 +148,12 @@ def run_server(
         (progress or _stderr)(f"resuming job {job} after round {done} (from {ckpt_path})")
     ledger.record_job(job=job, settings={**cfg.to_flat(), "resumed-after-round": done})
 
+    if cfg.privacy.audit_canaries and ckpt is None:
+        report.write_audit_global(out, job, 0, initial.to_torch_state_dict())
+
     def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        if cfg.privacy.audit_canaries:  # every round's global model, for the empirical audit
+            report.write_audit_global(out, job, server_round, arrays.to_torch_state_dict())
         named = zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True)
         state = checkpoint.strategy_state(strategy)
         checkpoint.save(

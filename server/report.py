@@ -175,6 +175,23 @@ def write_config(out: Path, cfg: RunConfig) -> Path:
     return path
 
 
+AUDIT_GLOBALS = "audit-globals"  # JOB/round-R.pt: the global model after round R (0: the initial one)
+
+
+def write_audit_global(out: Path, job: str, server_round: int, state_dict: dict) -> Path:
+    """The global model after ``server_round``, kept when the job runs audit canaries."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    path = out / AUDIT_GLOBALS / job / f"round-{server_round}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, buf.getvalue())
+    return path
+
+
 def write_model(out: Path, state_dict: dict) -> Path:
     import io
 

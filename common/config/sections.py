@@ -342,6 +342,11 @@ class FederationConfig(Section):
         return [f"site-{i}" for i in range(self.sites)]
 
 
+# "": none. "noise-off": no noise added while the ledger says noise_multiplier. "clip-larger":
+# examples clipped to 10 x max-grad-norm while the noise stays noise_multiplier x max-grad-norm.
+SIMULATED_FAULTS = ("", "noise-off", "clip-larger")
+
+
 @dataclass(frozen=True)
 class PrivacyConfig(Section):
     """What the job asks of the sites' privacy: DP-SGD with this clipping and noise, spending at
@@ -353,8 +358,30 @@ class PrivacyConfig(Section):
     job_epsilon: float = 0.0
     noise_multiplier: float = 0.0  # > 0: use it directly; 0: calibrate to the job's epsilon
     max_grad_norm: float = 1.0
+    # Gradient canaries per site for the one-run empirical audit (`fedshield audit empirical`);
+    # 0 = none. Canaries are records sampled like the others (client/canaries.py).
+    audit_canaries: int = 0
+    # "gradient": a huge step along one coordinate each (white-box; any model). "input": random
+    # records (tables, images), scored by their loss (black-box) and gradient alignment.
+    audit_canary_kind: str = "gradient"
+    # Broken on purpose, to show that the empirical audit catches it: "noise-off" or
+    # "clip-larger" (client/dp_trainer.py). Simulated sites only; a deployed site refuses.
+    simulated_fault: str = ""
 
     def validate(self) -> None:
+        check(0 <= self.audit_canaries <= 10**7, "audit-canaries", "must be in [0, 10000000]", self.audit_canaries)
+        check(
+            self.audit_canary_kind in ("gradient", "input"),
+            "audit-canary-kind",
+            "must be 'gradient' or 'input'",
+            self.audit_canary_kind,
+        )
+        check(
+            self.simulated_fault in SIMULATED_FAULTS,
+            "simulated-fault",
+            f"must be one of {', '.join(repr(f) for f in SIMULATED_FAULTS)}",
+            self.simulated_fault,
+        )
         check(
             0 <= self.job_epsilon <= MAX_EPSILON,
             "job-epsilon",

@@ -69,6 +69,10 @@ class Randomness:
         """Before optimizer step ``step``: a fresh secret seed (or the step's public one)."""
         generator.manual_seed(self._seed("noise", step))
 
+    def canary_generator(self) -> torch.Generator:
+        """The audit canaries' Poisson sampler (CPU), independent of the other two."""
+        return torch.Generator().manual_seed(self._seed("canaries"))
+
     def dropout_seed(self) -> int:
         return self._seed("dropout")
 

@@ -157,3 +157,49 @@ def test_lora_site_with_another_base_model_refuses(tmp_path: Path, tiny_text_mod
     accepted = handle_train(msg(frozen_sha256(model)), _context(), cfg)
     assert rk.REFUSAL not in accepted.content and accepted.content[rk.METRICS][rk.EPSILON] > 0
     assert list(accepted.content[rk.ARRAYS].keys()) == list(exchanged_state(model).keys())
+
+
+def _deployed_context(tmp_path: Path) -> Context:
+    node = {
+        "partition-id": 1,
+        "num-partitions": 3,
+        "site-name": "st-marys",
+        "state-dir": str(tmp_path / "st-marys"),
+        "budget-epsilon": 5.0,
+    }
+    return Context(run_id=1, node_id=7, run_config={}, state=RecordDict(), node_config=node)
+
+
+def test_a_deployed_site_refuses_a_simulated_fault(tmp_path: Path) -> None:
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=2, simulated_fault="noise-off", out=str(tmp_path))
+    reply = handle_train(_train_msg(cfg, 1), _deployed_context(tmp_path), cfg)
+    assert reply.content[rk.METRICS][rk.REFUSED] == 1
+    assert "never runs one" in str(reply.content[rk.REFUSAL][rk.REASON])
+    assert not (tmp_path / "st-marys" / "last-update.pt").exists()
+
+
+def test_audit_canaries_stay_at_the_site_and_the_archive_is_the_release(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+    import torch
+
+    from common.hashing import arrays_sha256
+
+    cfg = load_scenario("hospitals-tabular").replace(
+        sites=3, rounds=2, hidden="8", audit_canaries=50, out=str(tmp_path)
+    )
+    plain = handle_train(_train_msg(cfg.replace(audit_canaries=0), 1), _context(), cfg.replace(audit_canaries=0))
+    reply = handle_train(
+        _train_msg(cfg, 1), Context(1, 7, {"partition-id": 0, "num-partitions": 3}, RecordDict(), {}), cfg
+    )
+    assert set(reply.content.keys()) == set(plain.content.keys())  # nothing more leaves the site
+    assert set(reply.content[rk.METRICS].keys()) == set(plain.content[rk.METRICS].keys())
+    folder = tmp_path / "sites" / "site-0" / "audit" / "job-a"
+    kept = json.loads((folder / "canaries.json").read_text())
+    assert len(kept["included"]) == 50 and set(kept["included"]) == {0, 1}
+    entry = read_entries(tmp_path / "sites" / "site-0" / "ledger.jsonl").entries[-1]
+    assert entry["audit_canaries"] == 50 and entry["records"] == reply.content[rk.METRICS][rk.NUM_EXAMPLES]
+    archive = torch.load(folder / "round-1.pt", weights_only=True)
+    released = [np.asarray(w) for w in archive["released"]]
+    assert arrays_sha256(zip(archive["names"], released, strict=True)) == entry["update_sha256"]
