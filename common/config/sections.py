@@ -369,7 +369,7 @@ class PrivacyConfig(Section):
     simulated_fault: str = ""
 
     def validate(self) -> None:
-        check(0 <= self.audit_canaries <= 10**7, "audit-canaries", "must be in [0, 10000000]", self.audit_canaries)
+        check(0 <= self.audit_canaries <= 100_000, "audit-canaries", "must be in [0, 100000]", self.audit_canaries)
         check(
             self.audit_canary_kind in ("gradient", "input"),
             "audit-canary-kind",

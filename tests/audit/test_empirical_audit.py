@@ -97,3 +97,17 @@ def test_a_broken_run_is_flagged_as_a_violation(tmp_path: Path, fault: dict[str,
     assert code == 1 and report["verdict"] == "VIOLATION"
     for site, (release, _, claimed) in _bounds(report).items():
         assert claimed is not None and release > claimed, (site, release, claimed)
+
+
+def test_input_canaries_are_scored_black_box_and_white_box(tmp_path: Path) -> None:
+    code, report = _run(tmp_path / "run", sites=2, rounds=2, audit_canary_kind="input", audit_canaries=300)
+    assert code == 0
+    for site in report["sites"]:
+        assert site["kind"] == "input" and site["canaries"] == 300
+        assert set(site["views"]) == {
+            "release, gradient alignment",
+            "release, loss",
+            "aggregate, gradient alignment",
+            "aggregate, loss",
+        }
+        assert site["lower_bound"] <= site["claimed_epsilon"]
