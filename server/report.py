@@ -180,28 +180,24 @@ AUDIT_GLOBALS = "audit-globals"  # JOB/round-R.pt: the global model after round 
 
 def write_audit_global(out: Path, job: str, server_round: int, state_dict: dict) -> Path:
     """The global model after ``server_round``, kept when the job runs audit canaries."""
+    path = out / AUDIT_GLOBALS / job / f"round-{server_round}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _write_tensors(path, state_dict)
+
+
+def _write_tensors(path: Path, state_dict: dict) -> Path:
     import io
 
     import torch
 
     buf = io.BytesIO()
     torch.save(state_dict, buf)
-    path = out / AUDIT_GLOBALS / job / f"round-{server_round}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, buf.getvalue())
     return path
 
 
 def write_model(out: Path, state_dict: dict) -> Path:
-    import io
-
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(state_dict, buf)
-    path = out / MODEL_FILE
-    _atomic_write(path, buf.getvalue())
-    return path
+    return _write_tensors(out / MODEL_FILE, state_dict)
 
 
 def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
