@@ -16,7 +16,6 @@ The number we enforce and report comes from the PRV accountant (Gopi et al. 2021
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -96,19 +95,10 @@ def epsilon(history: Sequence[DpSgdEvent], *, delta: float, accountant: Accounta
     if not history:
         return 0.0
     if accountant is Accountant.PRV:
-        import numpy as np
-        from opacus.accountants import PRVAccountant
+        from common.privacy.prv import prv_epsilon
 
-        acc = PRVAccountant()
-        acc.history = _merged(history)
-        # At sample rate 1 the PRV code takes log(1 - q) = log(0) = -inf on purpose; the
-        # result is exact, only numpy's warning is silenced.
-        with np.errstate(divide="ignore"), warnings.catch_warnings():
-            # The PRV domain is bounded with RDP internally; its "largest alpha" notice only
-            # means that internal bound is loose, not that the reported epsilon is.
-            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
-            steps = sum(e.steps for e in history)
-            return float(acc.get_epsilon(delta=delta, eps_error=prv_eps_error(steps)))
+        merged = tuple(_merged(history))
+        return prv_epsilon(merged, float(delta), prv_eps_error(sum(e.steps for e in history)))
     return _dp_accounting_epsilon(history, delta=delta, accountant=accountant)
 
 

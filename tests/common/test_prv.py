@@ -1,0 +1,43 @@
+"""fedshield's PRV accountant (common.privacy.prv) gives Opacus's numbers: the RDP vectors
+that bound the PRV domain match Opacus's pure-Python series term for term, the memo returns
+what a fresh computation returns, and nothing a caller holds can change a cached value."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants.analysis.rdp import compute_rdp
+
+from common.privacy import prv
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.one_of(st.floats(1e-4, 0.999), st.sampled_from([0.5, 0.9, 0.99, 1.0, 1e-3])),
+    sigma=st.floats(0.3, 20.0),
+)
+def test_rdp_vector_matches_opacus_series(q: float, sigma: float) -> None:
+    ours = prv.rdp_per_step(q, sigma)
+    theirs = np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(prv.ORDERS)))
+    # log A is near 0 at tiny q: there both sums lose the same last bits of A ~ 1.
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+def test_cached_rdp_vector_cannot_be_changed_by_a_caller() -> None:
+    vector = prv.rdp_per_step(0.25, 1.3)
+    with pytest.raises(ValueError):
+        vector[0] = 0.0  # a caller lowering a cached RDP would lower every later epsilon
+    assert prv.rdp_per_step(0.25, 1.3)[0] > 0
+
+
+def test_memoised_epsilon_is_the_fresh_computation() -> None:
+    history = ((1.1, 0.3, 12), (0.9, 0.3, 5))
+    first = prv.prv_epsilon(history, 1e-5, 0.01)
+    prv.prv_epsilon.cache_clear()
+    prv.rdp_per_step.cache_clear()
+    assert prv.prv_epsilon(history, 1e-5, 0.01) == first
+    # a different history, delta or error is a different value, never a stale one
+    assert prv.prv_epsilon(((1.1, 0.3, 13), (0.9, 0.3, 5)), 1e-5, 0.01) > first
+    assert prv.prv_epsilon(history, 1e-6, 0.01) > first
