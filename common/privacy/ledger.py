@@ -24,11 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.crypto import keys
@@ -61,12 +63,16 @@ def read_entries(path: Path) -> ReadResult:
     lines raise :class:`LedgerError` naming the line."""
     if not path.is_file():
         raise LedgerError(f"{path}: ledger not found")
-    data = path.read_bytes()
+    return parse_entries(path, path.read_bytes())
+
+
+def parse_entries(path: Path, data: bytes, *, first_line: int = 1) -> ReadResult:
+    """:func:`read_entries` on ``data`` (lines numbered from ``first_line``)."""
     body, sep, tail = data.rpartition(b"\n")
     if not sep:  # no newline at all: everything is a torn first line
         body, tail = b"", data
     entries = []
-    for number, line in enumerate(body.split(b"\n") if body else [], start=1):
+    for number, line in enumerate(body.split(b"\n") if body else [], start=first_line):
         try:
             entry = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -77,11 +83,20 @@ def read_entries(path: Path) -> ReadResult:
     return ReadResult(entries, tail)
 
 
-def verify_entries(path: Path, entries: list[dict[str, Any]], public_key: Ed25519PublicKey | None) -> list[str]:
-    """Every problem found, each naming the file and the entry (line and seq). Empty = valid."""
+def verify_entries(
+    path: Path,
+    entries: list[dict[str, Any]],
+    public_key: Ed25519PublicKey | None,
+    *,
+    start: int = 0,
+    prev: str = GENESIS,
+) -> list[str]:
+    """Every problem found, each naming the file and the entry (line and seq). Empty = valid.
+
+    ``start`` and ``prev``: ``entries`` continue a chain already verified up to seq
+    ``start - 1``, whose hash is ``prev``."""
     problems = []
-    prev = GENESIS
-    for number, entry in enumerate(entries, start=1):
+    for number, entry in enumerate(entries, start=start + 1):
         where = f"{path}: line {number} (seq {entry.get('seq', '?')})"
         if entry.get("seq") != number - 1:
             problems.append(
@@ -106,6 +121,21 @@ def verify_entries(path: Path, entries: list[dict[str, Any]], public_key: Ed2551
 
 LEDGER_FILE = "ledger.jsonl"
 HEAD_FILE = "ledger.head"
+
+# What this process has already verified of each ledger: its bytes and their entries, keyed by
+# file and owner key. A ledger re-opened (every round) whose file still starts with those exact
+# bytes has only its new lines parsed and their signatures checked; any other change (a line
+# edited, cut, reordered, the file replaced) fails the byte comparison and the whole file is
+# verified again. The cache is this process's memory, which the file's writer cannot reach.
+_VERIFIED_LEDGERS = 1024
+_verified: OrderedDict[tuple[str, bytes], tuple[bytes, list[dict[str, Any]]]] = OrderedDict()
+
+
+def _remember(key: tuple[str, bytes], data: bytes, entries: list[dict[str, Any]]) -> None:
+    _verified[key] = (data, list(entries))
+    _verified.move_to_end(key)
+    while len(_verified) > _VERIFIED_LEDGERS:
+        _verified.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -148,6 +178,7 @@ class Ledger:
         self._key = private_key
         self.entries: list[dict[str, Any]] = []
         self.recovered_tail = b""
+        self._data = b""  # the file's verified bytes, as this handle last read or wrote them
         checkpoint = self._read_head()
         if path.exists():
             self._load(checkpoint)
@@ -189,8 +220,35 @@ class Ledger:
         os.replace(tmp, self.head_path)
         _fsync_dir(self.head_path.parent)
 
+    @property
+    def _cache_key(self) -> tuple[str, bytes]:
+        raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return (str(self.path.resolve()), raw)
+
+    def _read_verified(self) -> ReadResult:
+        """The file's entries, verified: only the lines after the bytes this process already
+        verified (when the file still starts with them), else all of them."""
+        data = self.path.read_bytes()
+        known = _verified.get(self._cache_key)
+        if known is not None and data.startswith(known[0]):
+            done, entries = known
+            fresh = parse_entries(self.path, data[len(done) :], first_line=len(entries) + 1)
+            prev = entries[-1]["hash"] if entries else GENESIS
+            problems = verify_entries(self.path, fresh.entries, self._key.public_key(), start=len(entries), prev=prev)
+            if problems:
+                raise LedgerError(problems[0])
+            result = ReadResult([*entries, *fresh.entries], fresh.torn_tail)
+        else:
+            result = parse_entries(self.path, data)
+            problems = verify_entries(self.path, result.entries, self._key.public_key())
+            if problems:
+                raise LedgerError(problems[0])
+        self._data = data[: len(data) - len(result.torn_tail)]
+        _remember(self._cache_key, self._data, result.entries)
+        return result
+
     def _load(self, checkpoint: dict[str, Any] | None) -> None:
-        result = read_entries(self.path)
+        result = self._read_verified()
         known = -1 if checkpoint is None else int(checkpoint["seq"])
         if len(result.entries) - 1 < known:
             raise LedgerError(
@@ -209,9 +267,6 @@ class Ledger:
                 fh.truncate(self.path.stat().st_size - len(result.torn_tail))
                 os.fsync(fh.fileno())
             self.recovered_tail = result.torn_tail
-        problems = verify_entries(self.path, result.entries, self._key.public_key())
-        if problems:
-            raise LedgerError(problems[0])
         if checkpoint is not None and known >= 0 and result.entries[known].get("hash") != checkpoint["hash"]:
             raise LedgerError(f"{self.path}: entry seq {known} differs from the signed head: the ledger was rewritten")
         self.entries = result.entries
@@ -243,6 +298,8 @@ class Ledger:
         if created:
             _fsync_dir(self.path.parent)
         self.entries.append(entry)
+        self._data += line
+        _remember(self._cache_key, self._data, self.entries)
         self._write_head()
         return entry
 

@@ -263,3 +263,76 @@ def test_a_new_party_opens_and_reopens(tmp_path: Path) -> None:
     assert paths.open_ledger("site-0").entries == []  # genesis head, no entries: fine
     _spend(paths, 1)
     assert len(paths.open_ledger("site-0").entries) == 1
+
+
+# A process re-opens its ledger every round and verifies only what was appended since it last
+# verified it. An adversary with the file (not the process) tries to slip a change past that:
+
+
+def _reopened_after(tmp_path: Path, tamper) -> None:
+    """Open (so this process has verified it), tamper with the file, re-open."""
+    path, key = _ledger(tmp_path)
+    Ledger(path, key, owner="site-0")
+    tamper(path, key)
+    Ledger(path, key, owner="site-0")
+
+
+def test_an_edit_of_an_already_verified_entry_is_caught_on_reopen(tmp_path: Path) -> None:
+    def lower_noise_use(path: Path, key: keys.Ed25519PrivateKey) -> None:
+        entries = read_entries(path).entries
+        entries[1]["mechanism"]["steps"] = 1  # the site would then count less spend
+        _rewrite(path, entries)
+
+    with pytest.raises(LedgerError, match="seq 1.*hash mismatch"):
+        _reopened_after(tmp_path, lower_noise_use)
+
+
+def test_a_same_length_byte_flip_in_a_verified_entry_is_caught_on_reopen(tmp_path: Path) -> None:
+    def flip(path: Path, key: keys.Ed25519PrivateKey) -> None:
+        data = path.read_bytes()
+        path.write_bytes(data.replace(b'"steps":3', b'"steps":2', 1))
+
+    with pytest.raises(LedgerError, match="seq 0"):
+        _reopened_after(tmp_path, flip)
+
+
+def test_a_forged_append_after_the_verified_bytes_is_caught_on_reopen(tmp_path: Path) -> None:
+    def forge(path: Path, key: keys.Ed25519PrivateKey) -> None:
+        entries = read_entries(path).entries
+        forged = {**entries[-1], "seq": 5, "prev": entries[-1]["hash"], "round": 6}
+        forged["hash"] = entry_hash(forged)
+        forged["sig"] = keys.sign(keys.generate(), forged["hash"].encode())
+        with open(path, "ab") as fh:
+            fh.write(canonical(forged) + b"\n")
+
+    with pytest.raises(LedgerError, match="seq 5.*bad signature"):
+        _reopened_after(tmp_path, forge)
+
+
+def test_a_rollback_to_an_older_copy_is_caught_on_reopen(tmp_path: Path) -> None:
+    path, key = _ledger(tmp_path, 3)
+    old = path.read_bytes()
+    ledger = Ledger(path, key, owner="site-0")
+    ledger.append({"kind": "train", "job": "j1", "round": 4, "epsilon": 0.4})
+    path.write_bytes(old)  # an older copy: a valid chain, but shorter than the signed head
+    with pytest.raises(LedgerError, match="signed head says 4"):
+        Ledger(path, key, owner="site-0")
+
+
+def test_reopening_checks_only_the_new_entries_signatures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, key = _ledger(tmp_path, 50)
+    Ledger(path, key, owner="site-0").append({"kind": "train", "job": "j1", "round": 51})
+    checked: list[int] = []
+    real = keys.verify
+    monkeypatch.setattr(keys, "verify", lambda *a: checked.append(1) or real(*a))
+    ledger = Ledger(path, key, owner="site-0")
+    assert len(ledger.entries) == 51 and ledger.entries[-1]["round"] == 51
+    assert len(checked) == 1  # the signed head only: every entry was verified in this process
+    with open(path, "ab") as fh:  # another writer's line: verified on the next open
+        entry = {**ledger.entries[-1], "seq": 51, "prev": ledger.entries[-1]["hash"], "round": 52}
+        entry["hash"] = entry_hash(entry)
+        entry["sig"] = keys.sign(key, entry["hash"].encode())
+        fh.write(canonical(entry) + b"\n")
+    checked.clear()
+    assert len(Ledger(path, key, owner="site-0").entries) == 52
+    assert len(checked) == 2  # the head and the one new entry
