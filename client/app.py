@@ -31,6 +31,7 @@ from client.canaries import CanaryPlan, archive_round, input_records, site_plan
 from client.dp_trainer import LocalPlan, PrivacyPlan, get_weights, sampling, train_local
 from client.secagg import make_legacy_fit_adapter, secagg_when_asked
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
+from common import profiling
 from common import records as rk
 from common.config import RunConfig, Strategy
 from common.crypto import keys
@@ -351,7 +352,17 @@ def _guarded(handler):
 
 @_guarded
 def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
+    profiling.start()
+    try:
+        with profiling.span("client"):
+            return _handle_train(msg, context, cfg)
+    finally:
+        profiling.flush("train")
+
+
+def _handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     settings = site_settings(context, cfg)
+    profiling.lap("site settings")
     config = msg.content[rk.CONFIG]
     server_round = int(config[rk.SERVER_ROUND])
     job = str(config.get(rk.JOB_ID, f"run-{context.run_id}"))
@@ -360,6 +371,7 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
     with settings.paths.locked():
         try:
             ledger = SiteLedger(settings.paths, settings.name)
+            profiling.lap("ledger: open and verify")
         except FedshieldError as exc:
             reason = f"{settings.name} will not train: its ledger cannot be trusted ({exc})"
             return _refusal(msg, settings.site_id, settings.name, reason, float("nan"))
@@ -384,10 +396,13 @@ def _train_locked(
         # A restarted server asks again for a round this site already answered: send the same
         # update again (re-releasing it costs no privacy) rather than training and spending twice.
         return _resend(msg, paths, released, site_id, site)
+    profiling.lap("ledger: read spend")
     meta = _dataset_meta(context, cfg, settings)
+    profiling.lap("data")
     budget = Budget(policy.epsilon, policy.delta)
     spend = ledger.spend(policy.data_source)
     base = _entry_base(job, server_round, policy, meta)
+    profiling.lap("ledger: read spend")
 
     def refuse(reason: str, spent: float, *, reported: float | None = None) -> Message:
         """Record the refusal in the ledger (with ``spent``), then reply with it."""
@@ -423,6 +438,7 @@ def _train_locked(
     weights = [t for t in model.state_dict().values() if t.is_floating_point() and t.numel() > 0]
     if not all(bool(torch.isfinite(t).all()) and float(t.abs().max()) <= MAX_ABS_WEIGHT for t in weights):
         return refuse(f"the server's model has non-finite weights or weights above {MAX_ABS_WEIGHT:g}", spent_so_far())
+    profiling.lap("model: build and load")
     plan = _plan(cfg)
     randomness = _randomness(cfg, policy, site_id, server_round)
     if cfg.privacy.simulated_fault and settings.deployed:
@@ -442,11 +458,14 @@ def _train_locked(
         if spend.non_private_jobs:
             reason = f"budget void: job {spend.non_private_jobs[0]} released updates from this dataset without DP"
             return refuse(reason, float("inf"))
+        profiling.lap("canaries and checks")
         sigma = _noise_multiplier(cfg, ledger, policy, meta, job, context)
+        profiling.lap("accountant: calibrate")
         sample_rate, steps = sampling(meta.records, plan)
         # A deployed site also holds the job to what its server asked for (a server-set noise
         # multiplier included): the job's cap, within the site's lifetime budget.
         prior = ledger.spend(policy.data_source, exclude_job=job).events
+        profiling.lap("ledger: read spend")
         cap = Budget(_job_target(cfg, policy, prior), budget.delta)
         decision = decide(spend.events, DpSgdEvent(sigma, sample_rate, steps) if sigma else None, cap)
         if not decision.allowed:
@@ -455,6 +474,7 @@ def _train_locked(
             sigma, cfg.privacy.max_grad_norm, cfg.training.grad_sample_mode, fault=cfg.privacy.simulated_fault
         )
         planned_epsilon = decision.after
+        profiling.lap("accountant: epsilon")
         # Spent from this moment: if anything below fails or the site crashes, the ledger
         # still holds this round's spend (a lost update is never a refund).
         reserve = ledger.record_reserve(
@@ -466,6 +486,7 @@ def _train_locked(
             noise=randomness.as_record(),
             policy=policy.as_record(),
         )
+        profiling.lap("ledger: sign and write")
 
     train = _node_site(context, cfg, policy).train
     if len(train) != meta.records:
@@ -478,6 +499,7 @@ def _train_locked(
         return refuse(reason, float("nan"))
     received = get_weights(model)
     task = _task(cfg, policy)
+    profiling.lap("data")
     result = train_local(
         model,
         train,
@@ -488,8 +510,10 @@ def _train_locked(
         canaries=canaries,
         canary_records=canary_records,
     )
+    profiling.lap("weights out")
     names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
+    profiling.lap("hash update")
     metrics: dict[str, float | int] = {
         rk.NUM_EXAMPLES: result.num_examples,  # declared public by the site's policy
         rk.SITE_ID: site_id,
@@ -519,6 +543,7 @@ def _train_locked(
         reserve=None if reserve is None else int(reserve["seq"]),
         canaries=cfg.privacy.audit_canaries,
     )
+    profiling.lap("ledger: sign and write")
     if canaries is not None:  # for the site's own empirical audit: kept at the site, never sent
         archive_round(paths.root, job, server_round, names, received, result.weights)
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
@@ -532,10 +557,13 @@ def _train_locked(
         },
         paths.last_update,
     )
-    return Message(
+    profiling.lap("save update")
+    reply = Message(
         RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: _site_report(site, entry)}),
         reply_to=msg,
     )
+    profiling.lap("reply")
+    return reply
 
 
 def _canaries(cfg: RunConfig, settings: SiteSettings, job: str, model: torch.nn.Module) -> CanaryPlan | None:

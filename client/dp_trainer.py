@@ -28,6 +28,7 @@ from client.canaries import (
     GradientCanaries,
     InputCanaries,
 )
+from common import profiling
 from common.config.sections import SIMULATED_FAULTS, GradSampleMode
 from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
@@ -204,6 +205,7 @@ def train_local(
         loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
 
     model.train()
+    profiling.lap("opacus setup" if privacy is not None else "setup")
     # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
     # caller's generator state is left as it was (secret, or from the public seed when asked).
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -240,6 +242,7 @@ def train_local(
                 if done >= steps:
                     break
 
+    profiling.lap("sgd steps")
     event = None
     if privacy is not None:
         event = DpSgdEvent(privacy.noise_multiplier, sample_rate, steps)

@@ -149,21 +149,31 @@ def calibrate_noise(
     if epsilon(prior, delta=delta) >= target_epsilon:
         raise ConfigError(f"the budget epsilon={target_epsilon:g} is already used by earlier training; nothing is left")
     low, high = 0.0, 1.0
-    while spent(high) > target_epsilon:
-        low, high = high, high * 2.0
+    eps_low, eps_high = math.inf, spent(high)
+    while eps_high > target_epsilon:
+        low, eps_low, high = high, eps_high, high * 2.0
         if high > _SIGMA_MAX:
             raise ConfigError(
                 f"epsilon={target_epsilon:g} at delta={delta:g} cannot be met with {steps} steps "
                 f"at sample rate {sample_rate:.3g}: train fewer rounds or steps"
             )
-    # Invariant: spent(high) <= target (safe), spent(low) > target or low == 0.
-    while high - low > 1e-4 * high:
+        eps_high = spent(high)
+    # Invariant: spent(high) <= target (safe), spent(low) > target or low == 0. Each PRV
+    # evaluation costs milliseconds, so the next point is interpolated (epsilon is smooth and
+    # decreasing in sigma, near linear in log-log) into the middle of the accepted window
+    # [target - tolerance, target], kept away from the bracket's ends; bisection otherwise.
+    aim = max(target_epsilon - tolerance / 2, 0.5 * target_epsilon)
+    while high - low > 1e-4 * high and target_epsilon - eps_high > tolerance:
         mid = 0.5 * (low + high)
+        if low > 0 and math.isfinite(eps_low) and eps_low > eps_high > 0:
+            x0, x1 = math.log(low), math.log(high)
+            y0, y1 = math.log(eps_low), math.log(eps_high)
+            guess = math.exp(x0 + (math.log(aim) - y0) * (x1 - x0) / (y1 - y0))
+            margin = 0.02 * (high - low)
+            mid = min(max(guess, low + margin), high - margin)
         eps_mid = spent(mid)
         if eps_mid <= target_epsilon:
-            high = mid
-            if target_epsilon - eps_mid <= tolerance:
-                break
+            high, eps_high = mid, eps_mid
         else:
-            low = mid
+            low, eps_low = mid, eps_mid
     return high
