@@ -242,8 +242,17 @@ def _randomness(cfg: RunConfig, policy: SitePolicy, site_id: int, server_round: 
     return noise.secret()
 
 
+@functools.lru_cache(maxsize=2)
+def _model_template(cfg: RunConfig) -> torch.nn.Module:
+    """The job's model as built from its spec (pretrained weights read once per process)."""
+    return build_model(model_spec(cfg), seed=cfg.seed)
+
+
 def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
-    model = build_model(model_spec(cfg), seed=cfg.seed)
+    """A fresh copy of the job's model holding the server's weights."""
+    import copy
+
+    model = copy.deepcopy(_model_template(cfg))
     load_exchanged(model, msg.content[rk.ARRAYS].to_torch_state_dict())
     return model
 
@@ -357,7 +366,9 @@ def handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
         with profiling.span("client"):
             return _handle_train(msg, context, cfg)
     finally:
-        profiling.flush("train")
+        if profiling.enabled():
+            server_round = int(msg.content[rk.CONFIG].get(rk.SERVER_ROUND, 0)) if rk.CONFIG in msg.content else 0
+            profiling.flush("train", site=int(context.node_config.get("partition-id", 0)), round=server_round)
 
 
 def _handle_train(msg: Message, context: Context, cfg: RunConfig) -> Message:
@@ -498,6 +509,7 @@ def _train_locked(
         )
         return refuse(reason, float("nan"))
     received = get_weights(model)
+    names = exchanged_keys(model)
     task = _task(cfg, policy)
     profiling.lap("data")
     result = train_local(
@@ -509,9 +521,9 @@ def _train_locked(
         task=task,
         canaries=canaries,
         canary_records=canary_records,
+        own_model=True,  # built for this request from the server's weights; only its names are used after
     )
     profiling.lap("weights out")
-    names = exchanged_keys(model)
     update_sha256 = arrays_sha256(zip(names, result.weights, strict=True))
     profiling.lap("hash update")
     metrics: dict[str, float | int] = {

@@ -129,8 +129,10 @@ def train_local(
     device: torch.device | None = None,
     canaries: CanaryPlan | None = None,
     canary_records: tuple[np.ndarray, np.ndarray] | None = None,
+    own_model: bool = False,
 ) -> LocalResult:
-    """Train ``model`` (not modified) on ``data`` for one round; return the new weights.
+    """Train ``model`` (not modified, unless ``own_model``: the caller hands it over and will
+    not use it again) on ``data`` for one round; return the new weights.
 
     With ``privacy``, this is DP-SGD and ``LocalResult.event`` records the mechanism exactly
     as run (checked against Opacus's own accountant history). ``randomness`` gives the Poisson
@@ -142,7 +144,7 @@ def train_local(
     device = device or pick_device()
     import copy
 
-    model = copy.deepcopy(model).to(device)
+    model = (model if own_model else copy.deepcopy(model)).to(device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     global_params = [p.detach().clone() for p in _params(model)]
     sample_rate, steps = sampling(len(data), plan)

@@ -182,9 +182,11 @@ def site_partitions(
     )
 
 
+@functools.lru_cache(maxsize=2048)
 def site_data(cfg: RunConfig, site_id: int, num_sites: int, *, val_fraction: float, split_seed: int) -> SiteData:
     """A simulated site's records (its part of the scenario's world), split by the site's own
-    spec (its policy's val-fraction and split seed)."""
+    spec (its policy's val-fraction and split seed); kept for the site's later rounds in this
+    process (the split hashes every record)."""
     if not 0 <= site_id < num_sites:
         raise ConfigError(f"site id must be in [0, {num_sites}), got {site_id}")
     return _split(site_id, _site_records(cfg, num_sites)[site_id], val_fraction, split_seed)

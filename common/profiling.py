@@ -59,13 +59,14 @@ def lap(name: str) -> None:
         _last[0] = now
 
 
-def flush(kind: str) -> None:
-    """Write this client-round's spans (when profiling is on) and start the next."""
+def flush(kind: str, **tags: int | str) -> None:
+    """Write this client-round's spans (when profiling is on) and start the next; ``tags``
+    (site, round) say which client-round it was."""
     folder = os.environ.get(ENV)
     if not folder or not _spans:
         _spans.clear()
         return
-    line = json.dumps({"kind": kind, "pid": os.getpid(), "spans": dict(_spans)})
+    line = json.dumps({"kind": kind, "pid": os.getpid(), **tags, "spans": dict(_spans)})
     _spans.clear()
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / f"{os.getpid()}.jsonl", "a") as fh:

@@ -71,9 +71,9 @@ def build_strategy(cfg: RunConfig, task: Task | None = None) -> Strategy:
         "train_metrics_aggr_fn": summarize_train,
         "evaluate_metrics_aggr_fn": summarize_evaluate(task or job_task(cfg)),
         "fraction_train": cfg.federation.fraction_train,
-        "fraction_evaluate": cfg.federation.fraction_evaluate,
+        "fraction_evaluate": cfg.evaluate_fraction,
         "min_train_nodes": 1,
-        "min_evaluate_nodes": 1 if cfg.federation.fraction_evaluate > 0 else 0,
+        "min_evaluate_nodes": 1 if cfg.evaluate_fraction > 0 else 0,
         "min_available_nodes": 1,
     }
     return STRATEGIES[cfg.federation.strategy_kind].build(cfg, common)

@@ -21,6 +21,7 @@ from typing import Any
 
 from common.codec import check, coerce_value
 from common.config.sections import (
+    FOLLOW_TRAIN,
     MAX_SEED,
     DataConfig,
     FederationConfig,
@@ -98,6 +99,14 @@ class RunConfig:
     @property
     def state_path(self) -> str:
         return self.state_dir or self.out
+
+    @property
+    def evaluate_fraction(self) -> float:
+        """The fraction of sites asked to evaluate each round (``fraction-evaluate``; by default
+        that of training, when the job expects sites to evaluate at all)."""
+        if self.federation.fraction_evaluate != FOLLOW_TRAIN:
+            return self.federation.fraction_evaluate
+        return self.federation.fraction_train if self.policy.evaluation != "off" else 0.0
 
     # The flat codec ---------------------------------------------------------------------
     def to_flat(self) -> dict[str, str | int | float | bool]:

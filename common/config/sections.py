@@ -273,6 +273,9 @@ class TrainingConfig(Section):
         _one_of(self.grad_sample_mode, GradSampleMode, "grad-sample-mode")
 
 
+FOLLOW_TRAIN = -1.0  # fraction-evaluate: sample evaluation as training is sampled
+
+
 @dataclass(frozen=True)
 class FederationConfig(Section):
     """Sites, rounds, the aggregation rule and secure aggregation."""
@@ -281,7 +284,10 @@ class FederationConfig(Section):
     rounds: int = 5
     strategy: str = "fedavg"
     fraction_train: float = 1.0
-    fraction_evaluate: float = 0.0  # sites refuse evaluation unless their policy allows it
+    # Sites asked to evaluate each round: -1 (default) samples evaluation like training
+    # (fraction-train) when the job expects sites to evaluate (policy evaluation dp or public),
+    # and asks none otherwise; 0 asks none; a fraction in (0, 1] is used as given.
+    fraction_evaluate: float = FOLLOW_TRAIN
     proximal_mu: float = 0.0
     server_learning_rate: float = 0.1
     centralized_eval: bool = True
@@ -306,7 +312,12 @@ class FederationConfig(Section):
         check(1 <= self.rounds <= MAX_ROUNDS, "rounds", f"must be in 1..{MAX_ROUNDS}", self.rounds)
         _one_of(self.strategy, Strategy, "strategy")
         check(0 < self.fraction_train <= 1, "fraction-train", "must be in (0, 1]", self.fraction_train)
-        check(0 <= self.fraction_evaluate <= 1, "fraction-evaluate", "must be in [0, 1]", self.fraction_evaluate)
+        check(
+            self.fraction_evaluate == FOLLOW_TRAIN or 0 <= self.fraction_evaluate <= 1,
+            "fraction-evaluate",
+            f"must be in [0, 1], or {FOLLOW_TRAIN:g} (as fraction-train)",
+            self.fraction_evaluate,
+        )
         check(self.proximal_mu >= 0, "proximal-mu", "must be >= 0", self.proximal_mu)
         check(self.server_learning_rate > 0, "server-learning-rate", "must be > 0", self.server_learning_rate)
         check(0 <= self.trim_fraction < 0.5, "trim-fraction", "must be in [0, 0.5)", self.trim_fraction)

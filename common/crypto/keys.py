@@ -43,14 +43,30 @@ def _write_private(path: Path, key: Ed25519PrivateKey) -> None:
 
 
 def write_public(path: Path, key: Ed25519PublicKey) -> None:
+    """Export ``key`` to ``path`` (left untouched when it already holds exactly that key)."""
+    data = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    path.write_bytes(data)
+
+
+# Private keys this process has read, by file and the file's identity (inode, size, mtime): a
+# key file replaced or rewritten is read again. Parties re-open their key every round.
+_loaded: dict[str, tuple[tuple[int, int, int], Ed25519PrivateKey]] = {}
 
 
 def create_pair(private_path: Path, public_path: Path) -> Ed25519PrivateKey:
     """Create a key pair unless ``private_path`` exists (then load it and refresh the public key)."""
     if private_path.exists():
-        key = load_private(private_path)
+        stat = private_path.stat()
+        identity = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        known = _loaded.get(str(private_path))
+        key = known[1] if known is not None and known[0] == identity else load_private(private_path)
+        _loaded[str(private_path)] = (identity, key)
     else:
         key = generate()
         _write_private(private_path, key)

@@ -21,6 +21,7 @@ never happened; it is set aside (kept in ``ledger.jsonl.torn``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -220,7 +221,7 @@ class Ledger:
         os.replace(tmp, self.head_path)
         _fsync_dir(self.head_path.parent)
 
-    @property
+    @functools.cached_property
     def _cache_key(self) -> tuple[str, bytes]:
         raw = self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return (str(self.path.resolve()), raw)

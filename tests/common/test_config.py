@@ -83,7 +83,7 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
         ("alpha", -2, "alpha must be > 0, got -2.0"),
         ("min-site-records", 1, "min-site-records must be >= 2, got 1"),
         ("fraction-train", 0, "fraction-train must be in (0, 1], got 0.0"),
-        ("fraction-evaluate", 1.5, "fraction-evaluate must be in [0, 1], got 1.5"),
+        ("fraction-evaluate", 1.5, "fraction-evaluate must be in [0, 1], or -1 (as fraction-train), got 1.5"),
         ("proximal-mu", -1, "proximal-mu must be >= 0, got -1.0"),
         ("server-learning-rate", 0, "server-learning-rate must be > 0, got 0.0"),
         ("local-epochs", 0, "local-epochs must be in (0, 1000], got 0.0"),

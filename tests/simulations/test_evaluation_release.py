@@ -41,3 +41,26 @@ def test_sites_refuse_evaluation_by_default_and_the_job_goes_on(tmp_path: Path) 
     for site in range(2):
         kinds = [e["kind"] for e in read_entries(tmp_path / "sites" / f"site-{site}" / "ledger.jsonl").entries]
         assert "evaluate" not in kinds
+
+
+def test_evaluation_is_sampled_like_training_by_default(tmp_path: Path) -> None:
+    """fraction-evaluate follows fraction-train: with 6 sites and fraction-train 0.5, 3 sites
+    are asked to evaluate each round (not all 6, which at 1,000 sites costs seconds a round)."""
+    cfg = load_scenario("hospitals-tabular").replace(
+        sites=6, rounds=2, fraction_train=0.5, evaluation="dp", eval_noise_multiplier=20.0, out=str(tmp_path)
+    )
+    assert cfg.evaluate_fraction == 0.5
+    simulate(cfg, progress=lambda _: None)
+    asked = [
+        e["round"]
+        for site in range(6)
+        for e in read_entries(tmp_path / "sites" / f"site-{site}" / "ledger.jsonl").entries
+        if e["kind"] == "evaluate"
+    ]
+    assert sorted(asked) == [1, 1, 1, 2, 2, 2]
+
+
+def test_no_evaluation_is_asked_when_the_job_expects_none() -> None:
+    cfg = load_scenario("hospitals-tabular").replace(fraction_train=0.5)
+    assert cfg.evaluate_fraction == 0.0  # policy evaluation off: asking would only bring refusals
+    assert cfg.replace(fraction_evaluate=0.2).evaluate_fraction == 0.2

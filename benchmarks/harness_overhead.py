@@ -1,0 +1,219 @@
+"""The simulation harness's overhead per client-round, against the same local compute in a plain loop.
+
+Runs a real simulation (Flower's simulation engine, the real ClientApp and ServerApp, real
+ledgers and Opacus) with profiling on (common/profiling.py: each site process writes where
+its client-rounds went to a local file), then the same local training (client.dp_trainer.
+train_local on the same sites' records, at the noise each site used) in a plain loop in
+this process, and prints both with the breakdown:
+
+    python -m benchmarks.harness_overhead                       # 20 sites x 6 rounds, banks-credit
+    python -m benchmarks.harness_overhead --sites 1000 --fraction-train 0.1 --rounds 3 \\
+        --set synthetic-records=100000                          # the scale run (see benchmarks.scale)
+
+A site's first client-round also pays one-off costs (noise calibration for the job, its key
+pair, its share of the data), reported apart from the steady rounds (a site's later rounds).
+Numbers are medians over the client-rounds of each kind; the JSON (--json) has them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from common import profiling
+
+COMPUTE = ("sgd steps",)
+SETUP = ("opacus setup", "setup")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", default="banks-credit")
+    parser.add_argument("--sites", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--fraction-train", type=float, default=1.0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any scenario setting")
+    parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/harness-overhead.json"))
+    parser.add_argument("--plain-limit", type=int, default=200, help="client-rounds re-run in the plain loop")
+    return parser
+
+
+def _config(args: argparse.Namespace, out: Path):
+    from common.config import RunConfig
+    from simulations.scenarios import load_scenario
+
+    cfg = load_scenario(args.scenario).replace(
+        sites=args.sites, rounds=args.rounds, fraction_train=args.fraction_train, out=str(out)
+    )
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return RunConfig.from_flat({**cfg.to_flat(), **overrides}, source="--set") if overrides else cfg
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1e3 * statistics.median(values) if values else float("nan")
+
+
+def breakdown(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per kind of client-round (a site's first, its later ones): the median of each part, in ms."""
+    first_round: dict[int, int] = {}
+    for row in rows:
+        first_round[row["site"]] = min(first_round.get(row["site"], row["round"]), row["round"])
+    groups: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for row in rows:
+        groups["first" if row["round"] == first_round[row["site"]] else "steady"].append(row["spans"])
+    out: dict[str, Any] = {}
+    for kind, spans in groups.items():
+        names = sorted({k for s in spans for k in s})
+        parts = {n: _median_ms([s.get(n, 0.0) for s in spans]) for n in names}
+        client = [s["client"] for s in spans]
+        compute = [sum(s.get(n, 0.0) for n in COMPUTE) for s in spans]
+        out[kind] = {
+            "client_rounds": len(spans),
+            "parts_ms": parts,
+            "client_ms": _median_ms(client),
+            "compute_ms": _median_ms(compute),
+            "overhead_in_site_ms": _median_ms([c - k for c, k in zip(client, compute, strict=True)]),
+        }
+    return out
+
+
+def plain_loop(cfg, metrics: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The same client-rounds' local training, one after another in this process."""
+    from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
+    from client.site_ledger import simulation_paths
+    from common.federation import model_spec, site_data
+    from common.models import build_model
+    from common.privacy.noise import secret
+    from common.privacy.policy import derived_seed, site_secret
+
+    model = build_model(model_spec(cfg), seed=cfg.seed)
+    plan = LocalPlan(cfg.training.local_epochs, cfg.training.batch_size, cfg.training.learning_rate)
+    done, whole, steps, setup = 0, [], [], []
+    os.environ[profiling.ENV] = tempfile.mkdtemp(prefix="fedshield-plain-")
+    for rnd in metrics["rounds"]:
+        for site, info in sorted(rnd["sites"].items(), key=lambda kv: int(kv[0])):
+            if not info.get("trained") or done >= limit:
+                continue
+            name = f"site-{site}"
+            secret_bytes = site_secret(simulation_paths(Path(cfg.state_path), name).root)
+            data = site_data(
+                cfg,
+                int(site),
+                cfg.federation.sites,
+                val_fraction=cfg.policy.val_fraction,
+                split_seed=derived_seed(secret_bytes, "split"),
+            )
+            sigma = float(info["noise_multiplier"])
+            privacy = PrivacyPlan(sigma, cfg.privacy.max_grad_norm, cfg.training.grad_sample_mode)
+            profiling.start()
+            start = time.perf_counter()
+            train_local(model, data.train, plan, privacy=privacy, randomness=secret())
+            whole.append(time.perf_counter() - start)
+            spans = dict(profiling._spans)
+            profiling._spans.clear()
+            steps.append(spans.get("sgd steps", 0.0))
+            setup.append(spans.get("opacus setup", 0.0))
+            done += 1
+    os.environ.pop(profiling.ENV)
+    return {
+        "client_rounds": done,
+        "train_local_ms": _median_ms(whole),
+        "compute_ms": _median_ms(steps),
+        "opacus_setup_ms": _median_ms(setup),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from simulations.harness import simulate
+
+    work = Path(tempfile.mkdtemp(prefix="fedshield-bench-"))
+    cfg = _config(args, work / "run")
+    profile = work / "profile"
+    os.environ[profiling.ENV] = str(profile)  # the engine's workers inherit it
+    start = time.perf_counter()
+    try:
+        metrics = simulate(cfg, progress=lambda _line: None)
+    finally:
+        os.environ.pop(profiling.ENV, None)
+    wall = time.perf_counter() - start
+    rows = profiling.read(profile)
+    rounds = metrics["rounds"]
+    per_round = [float(r["seconds"]) for r in rounds]
+    trained = [sum(1 for s in r["sites"].values() if s.get("trained")) for r in rounds]
+    steady = [(s, n) for s, n in zip(per_round[1:], trained[1:], strict=True) if n]
+    result = {
+        "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.harness_overhead", *sys.argv[1:]]),
+        "scenario": args.scenario,
+        "sites": cfg.federation.sites,
+        "rounds": cfg.federation.rounds,
+        "fraction_train": cfg.federation.fraction_train,
+        "cpus": os.cpu_count(),
+        "wall_s": wall,
+        "round_s": per_round,
+        "sites_trained_per_round": trained,
+        # the engine runs sites in parallel (one per CPU): wall per client-round, not CPU time
+        "steady_wall_ms_per_client_round": 1e3 * sum(s for s, _ in steady) / max(sum(n for _, n in steady), 1),
+        "in_site": breakdown(rows),
+        "plain_loop": plain_loop(cfg, metrics, args.plain_limit),
+    }
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['command']}",
+        f"{result['sites']} sites, {result['rounds']} rounds, fraction-train {result['fraction_train']}, "
+        f"{result['cpus']} CPUs: whole run {result['wall_s']:.1f} s; rounds "
+        + ", ".join(f"{s:.1f}" for s in result["round_s"])
+        + " s",
+    ]
+    plain = result["plain_loop"]
+    lines.append(
+        f"plain loop (train_local only, one process): {plain['train_local_ms']:.1f} ms per client-round "
+        f"(SGD steps {plain['compute_ms']:.1f}, Opacus setup {plain['opacus_setup_ms']:.1f})"
+    )
+    for kind in ("steady", "first"):
+        info = result["in_site"].get(kind)
+        if not info:
+            continue
+        lines.append(
+            f"{kind} client-rounds ({info['client_rounds']}), median inside the site: {info['client_ms']:.1f} ms, "
+            f"of which SGD steps {info['compute_ms']:.1f} ms; "
+            f"overhead over the compute {info['overhead_in_site_ms']:.1f} ms"
+        )
+        for name, ms in sorted(info["parts_ms"].items(), key=lambda kv: -kv[1]):
+            if name != "client" and ms >= 0.05:
+                lines.append(f"    {name:<26} {ms:8.2f} ms")
+    wall = result["steady_wall_ms_per_client_round"]
+    lines.append(
+        f"steady rounds, wall per client-round (sites run in parallel): {wall:.1f} ms"
+        f" vs {plain['train_local_ms']:.1f} ms in the plain loop"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    result = run(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
