@@ -689,11 +689,29 @@ def noised_statistics(stats: Statistics, task: Task, noise_multiplier: float, ge
     return {k: np.round(v) if k in task.counts else np.round(v, 2) for k, v in noisy.items()}
 
 
-def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None) -> ClientApp:
+SHARED_STATE_FILE = "federation.json"  # written by the harness in the state folder (simulations.harness)
+
+
+def _unshared_state(msg: Message, context: Context, cfg: RunConfig) -> Message | None:
+    """A refusal when this machine does not see the simulation's state folder (a Ray cluster
+    node without the shared storage): a site there would start a fresh ledger, a fresh budget."""
+    marker = Path(cfg.state_path) / SHARED_STATE_FILE
+    if marker.exists():
+        return None
+    site_id = int(context.node_config.get("partition-id", 0))
+    reason = (
+        f"site-{site_id} cannot see the simulation's state folder {cfg.state_path} on this machine "
+        f"(no {SHARED_STATE_FILE}): on a Ray cluster it must be on storage every machine shares"
+    )
+    return _refusal(msg, site_id, f"site-{site_id}", reason, float("nan"))
+
+
+def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None, shared_state: bool = False) -> ClientApp:
     """A ClientApp bound to ``cfg``, or (``None``) reading it from Flower's run config.
 
     SecAgg+ (used when the server runs a round with secure aggregation) wraps the same train
-    handler; ``mods`` (e.g. simulated attacks) run outside it."""
+    handler; ``mods`` (e.g. simulated attacks) run outside it. ``shared_state``: the sites run
+    on a Ray cluster and check first that they see the harness's state folder."""
 
     def resolve(context: Context) -> RunConfig:
         return cfg if cfg is not None else _config_from_run_config(tuple(sorted(context.run_config.items())))
@@ -706,7 +724,10 @@ def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None) -
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        return handle_train(msg, context, resolve(context))
+        resolved = resolve(context)
+        if shared_state and (refusal := _unshared_state(msg, context, resolved)) is not None:
+            return refusal
+        return handle_train(msg, context, resolved)
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:

@@ -118,6 +118,12 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the job checkpointed in the state folder from its next round"
     )
     sim.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run the sites on an existing Ray cluster (see the README's 'Many machines'); "
+        "the state folder must be on storage every machine shares",
+    )
+    sim.add_argument(
         "--set",
         action="append",
         default=[],
@@ -251,12 +257,12 @@ def _simulate(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    metrics = simulate(cfg)
+    metrics = simulate(cfg, ray_address=args.ray_address)
     baseline = None
     if args.compare_no_dp and cfg.privacy.dp:
         print("fedshield: the same run without DP, for comparison", file=sys.stderr, flush=True)
         baseline_cfg = cfg.replace(dp=False, out=str(Path(cfg.out) / "no-dp"))
-        baseline = simulate(baseline_cfg)
+        baseline = simulate(baseline_cfg, ray_address=args.ray_address)
     print(format_summary(metrics, baseline))
     print(f"results: {Path(cfg.out) / 'metrics.json'}, plot: {Path(cfg.out) / 'training.png'}")
     trusted = trusted_keys_path(cfg)

@@ -200,6 +200,9 @@ def write_model(out: Path, state_dict: dict) -> Path:
     return _write_tensors(out / MODEL_FILE, state_dict)
 
 
+LABELLED_SITES = 12  # beyond this many sites the epsilon plot shows the largest and the median
+
+
 def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
     import matplotlib
 
@@ -227,17 +230,25 @@ def write_plot(out: Path, metrics: dict[str, Any]) -> Path:
     ax_acc.grid(alpha=0.3)
     ax_acc.legend(loc="lower right")
     if metrics["dp"]:
-        for site in metrics["final"]["sites"]:
-            ax_eps.plot(
-                rounds, [r["sites"][site]["epsilon"] for r in metrics["rounds"]], marker=".", label=f"site {site}"
-            )
+        curves = {site: [r["sites"][site]["epsilon"] for r in metrics["rounds"]] for site in metrics["final"]["sites"]}
+        if len(curves) <= LABELLED_SITES:
+            for site, eps in curves.items():
+                ax_eps.plot(rounds, eps, marker=".", label=f"site {site}")
+        else:  # many sites: each one a faint line, the largest and the median named
+            from matplotlib.collections import LineCollection
+
+            lines = [list(zip(rounds, eps, strict=True)) for eps in curves.values()]
+            ax_eps.add_collection(LineCollection(lines, colors="grey", alpha=0.15, linewidths=0.6))
+            by_round = list(zip(*curves.values(), strict=True))
+            ax_eps.plot(rounds, [max(v) for v in by_round], marker=".", label=f"largest of {len(curves)} sites")
+            ax_eps.plot(rounds, [sorted(v)[len(v) // 2] for v in by_round], marker=".", label="median site")
         final_sites = metrics["final"]["sites"].values()
         for i, budget in enumerate(sorted({s["budget_epsilon"] for s in final_sites})):
             ax_eps.axhline(budget, color="red", linestyle=":", label="budget" if i == 0 else None)
         deltas = sorted({s["budget_delta"] for s in final_sites})
         at = f"delta={deltas[0]:g}" if len(deltas) == 1 else "at each site's delta"
         ax_eps.set_title(f"Cumulative epsilon per site ({at}, PRV)")
-        ax_eps.legend(fontsize="small", ncol=2)
+        ax_eps.legend(fontsize="small", ncol=2, loc="upper left")
     else:
         ax_eps.text(
             0.5, 0.5, "trained without DP:\nno privacy guarantee", ha="center", va="center", transform=ax_eps.transAxes

@@ -8,6 +8,7 @@ process boundaries.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -167,21 +168,39 @@ def archive_previous_state(out: Path, *, progress: Callable[[str], None] | None 
     return dest
 
 
-def _backend_config(cfg: RunConfig) -> dict[str, Any]:
+def _backend_config(cfg: RunConfig, ray_address: str | None = None) -> dict[str, Any]:
+    """Flower's Ray backend: a local Ray on this machine's CPUs (and its GPU, a quarter per
+    site at most), or, with ``ray_address``, an existing Ray cluster of one or more machines,
+    whose nodes bring their own CPUs and GPUs."""
     import torch
 
-    cpus = os.cpu_count() or 1
     gpus = 1.0 / min(cfg.federation.sites, 4) if torch.cuda.is_available() else 0.0
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": gpus},
-        "init_args": {
-            "num_cpus": cpus,
-            "num_gpus": 1 if gpus else 0,
-            "logging_level": "ERROR",
-            "log_to_driver": True,
-            "include_dashboard": False,
-        },
-    }
+    init: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False}
+    if ray_address:
+        init["address"] = ray_address
+        host = ray_address.rpartition(":")[0].strip("[]")
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_loopback:
+                # A cluster on this machine's loopback (tests): the driver joins it there.
+                # (Ray turns exactly 127.0.0.1 into the machine's outward address, so such a
+                # cluster's nodes are started on another loopback address, e.g. 127.0.0.2.)
+                init["_node_ip_address"] = host
+    else:
+        init |= {"num_cpus": os.cpu_count() or 1, "num_gpus": 1 if gpus else 0}
+    return {"client_resources": {"num_cpus": 1, "num_gpus": gpus}, "init_args": init}
+
+
+def mark_shared_state(cfg: RunConfig) -> None:
+    """Write the state folder's marker, which every simulated site checks before it opens its
+    ledger (client.app): on a cluster of machines, a site placed on a machine that does not
+    see this folder (not on shared storage) refuses instead of starting a fresh ledger."""
+    from client.app import SHARED_STATE_FILE
+
+    state = Path(cfg.state_path)
+    state.mkdir(parents=True, exist_ok=True)
+    marker = state / SHARED_STATE_FILE
+    if not marker.exists():
+        marker.write_text(json.dumps({"state": str(state.resolve())}) + "\n")
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -206,7 +225,11 @@ def _worker_environment(values: dict[str, str]) -> Iterator[None]:
 
 
 def simulate(
-    cfg: RunConfig, *, site_cfg: RunConfig | None = None, progress: Callable[[str], None] | None = None
+    cfg: RunConfig,
+    *,
+    site_cfg: RunConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` with ``cfg.federation.sites`` simulated sites; return the metrics written to ``cfg.out``.
 
@@ -214,6 +237,10 @@ def simulate(
 
     ``site_cfg`` are the sites' own settings (budgets, planned rounds, noise) when they differ
     from the server's, as in a deployment where each site configures itself; default ``cfg``.
+
+    ``ray_address``: run the sites on an existing Ray cluster (``ray start --head`` on one
+    machine, ``ray start --address=HEAD:PORT`` on the others; every machine with fedshield
+    installed and the state folder on shared storage). Default: a local Ray on this machine.
     """
     from flwr.simulation import run_simulation
 
@@ -228,6 +255,7 @@ def simulate(
     out = Path(cfg.out)
     if not cfg.state_dir and not cfg.resume:
         archive_previous_state(out, progress=progress)
+    mark_shared_state(cfg)
     metrics_path = out / report.METRICS_FILE
     if metrics_path.exists():
         metrics_path.unlink()  # never report a previous run's numbers as this run's
@@ -245,9 +273,9 @@ def simulate(
             try:
                 run_simulation(
                     server_app=make_server_app(cfg, progress=progress, stop=engine_gone),
-                    client_app=make_client_app(site_cfg or cfg, mods=mods),
+                    client_app=make_client_app(site_cfg or cfg, mods=mods, shared_state=bool(ray_address)),
                     num_supernodes=cfg.federation.sites,
-                    backend_config=_backend_config(cfg),
+                    backend_config=_backend_config(cfg, ray_address),
                 )
             except RuntimeError as exc:
                 if "Ending simulation" not in str(exc):  # not the engine's: a bug to show in full

@@ -67,8 +67,11 @@ def leave_nothing_behind() -> Iterator[str]:
     token = secrets.token_hex(8)
     read_end, write_end = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != MARKER}
+    # Processes this one started before the block (a Ray cluster a caller runs the simulation
+    # on, say) are not the run's: spared.
+    before = [str(p.pid) for p in psutil.Process().children(recursive=True)]
     watchdog = subprocess.Popen(
-        [sys.executable, "-m", "simulations.watchdog", token, str(os.getpid())],
+        [sys.executable, "-m", "simulations.watchdog", token, str(os.getpid()), *before],
         stdin=read_end,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,6 +95,7 @@ def leave_nothing_behind() -> Iterator[str]:
 
 def main(argv: list[str]) -> int:
     token, parent = argv[0], int(argv[1])
+    existing = {int(pid) for pid in argv[2:]}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     seen: dict[int, psutil.Process] = {}
     try:
@@ -105,9 +109,10 @@ def main(argv: list[str]) -> int:
         if main_process is not None:
             with contextlib.suppress(psutil.Error):
                 for child in main_process.children(recursive=True):
-                    seen.setdefault(child.pid, child)
+                    if child.pid not in existing:
+                        seen.setdefault(child.pid, child)
     # a main process still alive (a normal end) is not ours to kill
-    reap(token, spare={parent, os.getpid()}, seen=seen)
+    reap(token, spare={parent, os.getpid(), *existing}, seen=seen)
     return 0
 
 
