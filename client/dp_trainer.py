@@ -11,6 +11,7 @@ no clipping or noise, for comparison runs only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -168,6 +169,11 @@ def train_local(
         injector = GradientCanaries(canaries, named, sample_rate, randomness.canary_generator(), value)
     recorded_sigma = privacy.noise_multiplier if privacy is not None else 0.0
 
+    if privacy is not None and privacy.grad_sample_mode == GradSampleMode.AUTO:
+        from client.modes import choose
+
+        mode = choose(model, data, plan.batch_size, device, task)
+        privacy = dataclasses.replace(privacy, grad_sample_mode=mode)
     if privacy is not None:
         from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator

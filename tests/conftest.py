@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from common import notes
+
+# grad-sample-mode = auto measures each model shape once and caches the choice: in a folder of
+# the test session's own, so a run starts from nothing and leaves nothing in the home folder.
+os.environ.setdefault("FEDSHIELD_CACHE", tempfile.mkdtemp(prefix="fedshield-test-cache-"))
 
 
 def write_tiny_text_model(

@@ -50,6 +50,7 @@ class GradSampleMode(StrEnum):
     FUNCTORCH = "functorch"
     EW = "ew"
     GHOST = "ghost"
+    AUTO = "auto"  # the fastest of the above for the model, measured once (client/modes.py)
 
 
 # Upper bounds, so that a typo is an error and not a plan nobody can run or trust.
@@ -254,7 +255,9 @@ class TrainingConfig(Section):
     local_epochs: float = 1.0
     batch_size: int = 128
     learning_rate: float = 1.0
-    grad_sample_mode: str = "hooks"  # how Opacus computes per-example gradients: hooks|functorch|ew|ghost
+    # how Opacus computes per-example gradients: auto (the fastest that works for the model,
+    # measured once per model shape and machine) | hooks | functorch | ew | ghost
+    grad_sample_mode: str = "auto"
 
     def validate(self) -> None:
         check(

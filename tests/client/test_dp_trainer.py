@@ -54,15 +54,17 @@ def _brute_force_clipped_mean(model: nn.Module, data: Dataset, bound: float) -> 
     return torch.stack(clipped).sum(0) / len(data), torch.stack(norms)
 
 
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
 @pytest.mark.parametrize("kind, data", [(ModelKind.MLP, _tabular()), (ModelKind.CNN, _images())], ids=["mlp", "cnn"])
-def test_update_equals_brute_force_clipped_mean(kind: ModelKind, data: Dataset) -> None:
+def test_update_equals_brute_force_clipped_mean(kind: ModelKind, data: Dataset, mode: str) -> None:
     spec = ModelSpec(kind, data.record_shape, data.num_classes, hidden=(8,), channels=(4, 8))
     model = build_model(spec, seed=3)
     bound = 0.05
     # batch >= n: sample rate 1, one step, every record in the batch; noise negligible.
     plan = LocalPlan(local_epochs=1, batch_size=len(data), learning_rate=1.0)
     before = _flat([p.detach().clone().to(DEVICE) for p in model.parameters()])
-    result = train_local(model, data, plan, privacy=PrivacyPlan(1e-9, bound), randomness=reproducible(0), device=DEVICE)
+    privacy = PrivacyPlan(1e-9, bound, mode)
+    result = train_local(model, data, plan, privacy=privacy, randomness=reproducible(0), device=DEVICE)
     after = torch.cat([torch.as_tensor(w, device=DEVICE).reshape(-1) for w in result.weights])
     update = before - after  # = lr * (sum of clipped per-example gradients) / n
 

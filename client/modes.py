@@ -1,0 +1,105 @@
+"""``grad-sample-mode = auto``: the fastest Opacus mode that works for a model, measured once.
+
+Every mode computes the same clipped per-example gradients (each is checked against a brute-
+force loop in tests/client/test_per_sample_grads.py and test_dp_trainer.py), so choosing one
+for speed changes nothing about the guarantee. The choice is measured on the first use of a
+model shape on a machine (a few DP-SGD steps per mode on the site's first records; the
+results are discarded, nothing is released) and kept in a small JSON file keyed by the model's
+shape, the batch size, the device and the library versions; ``FEDSHIELD_CACHE`` names its
+folder (default ``~/.cache/fedshield``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.config.sections import GradSampleMode
+
+AUTO = GradSampleMode.AUTO.value
+CONCRETE = tuple(m.value for m in GradSampleMode if m is not GradSampleMode.AUTO)
+CACHE_FILE = "grad-sample-modes.json"
+_STEPS = 4
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("FEDSHIELD_CACHE") or Path.home() / ".cache" / "fedshield") / CACHE_FILE
+
+
+def shape_key(model: nn.Module, batch_size: int, device: torch.device) -> str:
+    """What the speed of a mode depends on: the modules, the trainable shapes, batch, device."""
+    import opacus
+
+    parts = [f"torch {torch.__version__}", f"opacus {opacus.__version__}", device.type, f"batch {batch_size}"]
+    parts += [f"{name}:{type(m).__name__}" for name, m in model.named_modules()]
+    parts += [f"{n}:{tuple(p.shape)}:{p.requires_grad}" for n, p in model.named_parameters()]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+
+def _read() -> dict[str, dict]:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(entries: dict[str, dict]) -> None:
+    path = cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: measured again next time, nothing else changes
+
+
+def measure(model: nn.Module, data, batch_size: int, device: torch.device, task=None) -> dict[str, float | None]:
+    """Seconds per steady DP-SGD step of each mode on ``data``'s first records (``None``: the
+    mode fails on this model). Setup is left out: (time of 1 + _STEPS steps) - (time of 1)."""
+    from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
+    from common.privacy.noise import secret
+
+    n = min(len(data), batch_size)
+    sample = data.subset(np.arange(n))
+    out: dict[str, float | None] = {}
+    for mode in CONCRETE:
+        privacy = PrivacyPlan(1.0, 1.0, mode)
+        times = []
+        try:
+            for epochs in (1.0, 1.0 + _STEPS):  # batch >= records: sample rate 1, one step per epoch
+                plan = LocalPlan(local_epochs=epochs, batch_size=n, learning_rate=1e-9)
+                start = time.perf_counter()
+                train_local(model, sample, plan, privacy=privacy, randomness=secret(), task=task, device=device)
+                times.append(time.perf_counter() - start)
+        except Exception:  # noqa: BLE001  (a mode this model does not support: not a candidate)
+            out[mode] = None
+            continue
+        out[mode] = max(times[1] - times[0], 1e-9) / _STEPS
+    return out
+
+
+def choose(model: nn.Module, data, batch_size: int, device: torch.device, task=None) -> str:
+    """The fastest working mode for this model shape (measured once, then read from the cache)."""
+    key = shape_key(model, batch_size, device)
+    entries = _read()
+    known = entries.get(key, {}).get("mode")
+    if known in CONCRETE:
+        return str(known)
+    timings = measure(model, data, batch_size, device, task)
+    working = {m: t for m, t in timings.items() if t is not None}
+    if not working:
+        raise ValueError("no Opacus grad-sample mode works for this model")
+    mode = min(working, key=working.__getitem__)
+    entries = _read()
+    entries[key] = {"mode": mode, "seconds_per_step": timings}
+    _write(entries)
+    return mode
