@@ -73,8 +73,8 @@ from simulations import harness
 from simulations.scenarios import load_scenario
 
 real = harness._backend_config
-def broken(cfg):  # Ray cannot start: ray.init() gets runtime_env twice
-    config = real(cfg)
+def broken(cfg, ray_address=None):  # Ray cannot start: ray.init() gets runtime_env twice
+    config = real(cfg, ray_address)
     config["init_args"]["runtime_env"] = {}
     return config
 harness._backend_config = broken
