@@ -190,7 +190,21 @@ def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, float, i
     return setup, time.perf_counter() - start, steps
 
 
+def _release_memory() -> None:
+    """Give freed memory back to the system between variants, so that one worker's peak is the
+    largest variant's, not the sum of the heap fragments every variant left behind."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
+
+
 def _variant(case: Case, device: torch.device, name: str) -> tuple[float, float, int]:
+    _release_memory()
     if name == "plain":
         return _fedshield(case, device, False, "secret")
     if name == "fedshield":
