@@ -18,7 +18,6 @@ Numbers are medians over the client-rounds of each kind; the JSON (--json) has t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import finish, scenario_config
 from common import profiling
 
 COMPUTE = ("sgd steps",)
@@ -47,19 +47,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, out: Path):
-    from common.config import RunConfig
-    from simulations.scenarios import load_scenario
-
-    cfg = load_scenario(args.scenario).replace(
-        sites=args.sites, rounds=args.rounds, fraction_train=args.fraction_train, out=str(out)
-    )
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = value.strip()
-    return RunConfig.from_flat({**cfg.to_flat(), **overrides}, source="--set") if overrides else cfg
+    settings = {"sites": args.sites, "rounds": args.rounds, "fraction-train": args.fraction_train}
+    return scenario_config(args.scenario, out, settings, args.set, source="benchmarks.harness_overhead")
 
 
 def _median_ms(values: list[float]) -> float:
@@ -207,12 +196,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    result = run(args)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(report(result))
-    print(f"written: {args.json}")
-    return 0
+    return finish(run(args), args.json, report)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ of the processes' RSS: an upper bound, shared pages counted once per process).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from benchmarks.common import finish, scenario_config
 
 
 class TreeMemory:
@@ -76,24 +77,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, out: Path):
-    from common.config import RunConfig
-    from simulations.scenarios import load_scenario
-
-    cfg = load_scenario(args.scenario).replace(out=str(out))
-    flat: dict[str, Any] = {}
-    if args.sites:
-        flat["sites"] = args.sites
-    if args.rounds:
-        flat["rounds"] = args.rounds
-    sites = args.sites or cfg.federation.sites
+    settings: dict[str, Any] = {"sites": args.sites, "rounds": args.rounds}
+    settings = {k: v for k, v in settings.items() if v}
     if args.per_round:
-        flat["fraction-train"] = args.per_round / sites
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        flat[key.strip()] = value.strip()
-    return RunConfig.from_flat({**cfg.to_flat(), **flat}, source="benchmarks.scale") if flat else cfg
+        from simulations.scenarios import load_scenario
+
+        settings["fraction-train"] = args.per_round / (args.sites or load_scenario(args.scenario).federation.sites)
+    return scenario_config(args.scenario, out, settings, args.set, source="benchmarks.scale")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,12 +135,7 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    result = run(args)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(report(result))
-    print(f"written: {args.json}")
-    return 0
+    return finish(run(args), args.json, report)
 
 
 if __name__ == "__main__":
