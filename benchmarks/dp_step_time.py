@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -132,15 +131,14 @@ def _fedshield(case: Case, device: torch.device, private: bool, noise: str) -> t
     plan = LocalPlan(local_epochs=1, batch_size=case.batch, learning_rate=0.05)
     model = build_model(case.spec, seed=0)
     privacy = PrivacyPlan(1.0, 1.0, "auto") if private else None
-    os.environ[profiling.ENV] = os.environ.get(profiling.ENV) or "unused"  # laps on (nothing is written)
-    profiling._spans.clear()
     _sync(device)
-    profiling.start()
     rng = secret() if noise == "secret" else reproducible(0)
-    train_local(model, case.data, plan, privacy=privacy, randomness=rng, task=case.task, device=device, own_model=True)
-    _sync(device)
-    spans = dict(profiling._spans)
-    profiling._spans.clear()
+    with profiling.recording():
+        profiling.start()
+        train_local(model, case.data, plan, privacy=privacy, randomness=rng, task=case.task, device=device,
+                    own_model=True)  # fmt: skip
+        _sync(device)
+        spans = profiling.take()
     steps = sampling(len(case.data), plan)[1]
     return spans.get("opacus setup", spans.get("setup", 0.0)), spans.get("sgd steps", 0.0), steps
 

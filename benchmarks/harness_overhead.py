@@ -91,7 +91,6 @@ def plain_loop(cfg, metrics: dict[str, Any], limit: int) -> dict[str, Any]:
     model = build_model(model_spec(cfg), seed=cfg.seed)
     plan = LocalPlan(cfg.training.local_epochs, cfg.training.batch_size, cfg.training.learning_rate)
     done, whole, steps, setup = 0, [], [], []
-    os.environ[profiling.ENV] = tempfile.mkdtemp(prefix="fedshield-plain-")
     for rnd in metrics["rounds"]:
         for site, info in sorted(rnd["sites"].items(), key=lambda kv: int(kv[0])):
             if not info.get("trained") or done >= limit:
@@ -107,16 +106,15 @@ def plain_loop(cfg, metrics: dict[str, Any], limit: int) -> dict[str, Any]:
             )
             sigma = float(info["noise_multiplier"])
             privacy = PrivacyPlan(sigma, cfg.privacy.max_grad_norm, cfg.training.grad_sample_mode)
-            profiling.start()
-            start = time.perf_counter()
-            train_local(model, data.train, plan, privacy=privacy, randomness=secret())
-            whole.append(time.perf_counter() - start)
-            spans = dict(profiling._spans)
-            profiling._spans.clear()
+            with profiling.recording():
+                profiling.start()
+                start = time.perf_counter()
+                train_local(model, data.train, plan, privacy=privacy, randomness=secret())
+                whole.append(time.perf_counter() - start)
+                spans = profiling.take()
             steps.append(spans.get("sgd steps", 0.0))
             setup.append(spans.get("opacus setup", 0.0))
             done += 1
-    os.environ.pop(profiling.ENV)
     return {
         "client_rounds": done,
         "train_local_ms": _median_ms(whole),

@@ -23,10 +23,29 @@ from pathlib import Path
 ENV = "FEDSHIELD_PROFILE"
 
 _spans: defaultdict[str, float] = defaultdict(float)
+_recording = [False]
 
 
 def enabled() -> bool:
-    return bool(os.environ.get(ENV))
+    return _recording[0] or bool(os.environ.get(ENV))
+
+
+@contextmanager
+def recording() -> Iterator[None]:
+    """Time laps and spans in this process (read them with :func:`take`), whatever ``ENV`` says."""
+    previous, _recording[0] = _recording[0], True
+    _spans.clear()
+    try:
+        yield
+    finally:
+        _recording[0] = previous
+
+
+def take() -> dict[str, float]:
+    """The spans timed since the last :func:`take` (or :func:`flush`), and start again."""
+    out = dict(_spans)
+    _spans.clear()
+    return out
 
 
 @contextmanager
@@ -66,8 +85,7 @@ def flush(kind: str, **tags: int | str) -> None:
     if not folder or not _spans:
         _spans.clear()
         return
-    line = json.dumps({"kind": kind, "pid": os.getpid(), **tags, "spans": dict(_spans)})
-    _spans.clear()
+    line = json.dumps({"kind": kind, "pid": os.getpid(), **tags, "spans": take()})
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / f"{os.getpid()}.jsonl", "a") as fh:
         fh.write(line + "\n")
