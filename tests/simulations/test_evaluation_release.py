@@ -51,12 +51,10 @@ def test_evaluation_is_sampled_like_training_by_default(tmp_path: Path) -> None:
     )
     assert cfg.evaluate_fraction == 0.5
     simulate(cfg, progress=lambda _: None)
-    asked = [
-        e["round"]
-        for site in range(6)
-        for e in read_entries(tmp_path / "sites" / f"site-{site}" / "ledger.jsonl").entries
-        if e["kind"] == "evaluate"
-    ]
+    # Flower samples at random: a site asked for nothing in either round has no ledger at all.
+    ledgers = sorted((tmp_path / "sites").glob("site-*/ledger.jsonl"))
+    assert ledgers
+    asked = [e["round"] for ledger in ledgers for e in read_entries(ledger).entries if e["kind"] == "evaluate"]
     assert sorted(asked) == [1, 1, 1, 2, 2, 2]
 
 
