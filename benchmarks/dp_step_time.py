@@ -10,7 +10,11 @@ variants side by side ``--repeats`` times:
 - ``fedshield``: fedshield's DP path (train_local: grad-sample-mode auto, secret noise
   re-seeded every step, non-finite examples dropped, the accounting cross-check);
 - ``fedshield, reproducible noise``: the same with a seeded generator: the difference is the
-  cost of the secret noise source.
+  cost of the secret noise source;
+- ``fedshield, one noise draw (insecure)``: the same with one Gaussian draw per coordinate
+  instead of four summed (patched in for this measurement only, never a setting): the
+  difference is the cost of the defence against floating-point attacks. Stock Opacus draws
+  once (its secure mode needs torchcsprng, which has no build for this torch).
 
 Steady step time (median seconds per step, setup timed apart), samples per second and peak
 memory (CUDA: the variant's peak allocation; CPU: the peak RSS of a process that runs that
@@ -33,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,8 +206,34 @@ def _release_memory() -> None:
         pass
 
 
+@contextmanager
+def _one_noise_draw() -> Iterator[None]:
+    """Insecure, for measuring only: one Gaussian draw per coordinate, in both of fedshield's
+    noise paths (its own engine's and Opacus's secure mode)."""
+    import opacus.optimizers.optimizer as opacus_optimizer
+
+    import client.dp_trainer as trainer
+
+    def single(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+        return [torch.empty_like(p).normal_(0.0, std, generator=generator) for p in params]
+
+    stock = opacus_optimizer._generate_noise
+    secure = trainer.secure_noise
+    trainer.secure_noise = single
+    opacus_optimizer._generate_noise = lambda std, reference, generator=None, secure_mode=False: stock(
+        std, reference, generator, False
+    )
+    try:
+        yield
+    finally:
+        trainer.secure_noise, opacus_optimizer._generate_noise = secure, stock
+
+
 def _variant(case: Case, device: torch.device, name: str) -> tuple[float, float, int]:
     _release_memory()
+    if name == "fedshield, one noise draw (insecure)":
+        with _one_noise_draw():
+            return _fedshield(case, device, True, "secret")
     if name == "plain":
         return _fedshield(case, device, False, "secret")
     if name == "fedshield":
@@ -251,6 +282,11 @@ def worker(label: str, quick: bool, variants: list[str], repeats: int, memory_on
             "samples_per_s": case.batch / per_step if per_step > 0 else float("inf"),
             "peak_gpu_gib": max(r[3] for r in rows),
         }
+    if "fedshield" in alive:  # the mode auto chose (measured in the warm-up, now in the cache)
+        from client.modes import choose
+        from common.models import build_model
+
+        out["fedshield_mode"] = choose(build_model(case.spec, seed=0), case.data, case.batch, device, case.task)
     out["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     out["peak_rss_gib"] = _peak_rss_gib()
     return out
@@ -285,11 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(STOCK_MODES)}")
     variants = ["plain", *(f"opacus-{m}" for m in modes), "fedshield", "fedshield, reproducible noise"]
+    variants.append("fedshield, one noise draw (insecure)")
     command = " ".join(["python", "-m", "benchmarks.dp_step_time", *(argv if argv is not None else sys.argv[1:])])
     results: dict[str, Any] = {"command": command, "cases": []}
     print(command, flush=True)
     print(
-        f"{'model':<40} {'variant':<30} {'step ms':>9} {'x plain':>8} {'samples/s':>10} {'setup ms':>9} {'peak GiB':>9}"
+        f"{'model':<40} {'variant':<38} {'step ms':>9} {'x plain':>8} {'samples/s':>10} {'setup ms':>9} {'peak GiB':>9}"
     )
     started = time.perf_counter()
     for case in cases(args.quick):
@@ -306,13 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         for name in variants:
             info = measured["variants"].get(name, {})
             if "failed" in info:
-                print(f"{case.label:<40} {name:<30} failed: {info['failed'][:70]}", flush=True)
+                print(f"{case.label:<40} {name:<38} failed: {info['failed'][:70]}", flush=True)
                 continue
             info["ratio_to_plain"] = info["step_s"] / plain if plain else float("nan")
             memory = info.get("peak_gpu_gib") if device != "cpu" else info.get("peak_rss_gib", float("nan"))
-            row = (case.label, name, 1e3 * info["step_s"], info["ratio_to_plain"], info["samples_per_s"])
+            shown = (
+                f"fedshield ({measured['fedshield_mode']})"
+                if name == "fedshield" and "fedshield_mode" in measured
+                else name
+            )
+            row = (case.label, shown, 1e3 * info["step_s"], info["ratio_to_plain"], info["samples_per_s"])
             row += (1e3 * info["setup_s"], memory)
-            print("{:<40} {:<30} {:>9.2f} {:>7.2f}x {:>10.0f} {:>9.1f} {:>9.2f}".format(*row), flush=True)
+            print("{:<40} {:<38} {:>9.2f} {:>7.2f}x {:>10.0f} {:>9.1f} {:>9.2f}".format(*row), flush=True)
         results["cases"].append({"label": case.label, "family": case.family, "batch": case.batch, **measured})
     results["seconds"] = time.perf_counter() - started
     results["peak_rss_gib_any_process"] = max(

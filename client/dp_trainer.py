@@ -1,5 +1,5 @@
 """Local training at a site: the one DP-SGD path in fedshield, and the only code that
-touches Opacus.
+touches Opacus (its per-example-gradient modes; fedshield's own engine is client.bookkeeping).
 
 DP-SGD (Abadi et al. 2016) with Poisson sampling, per-example clipping to ``max_grad_norm``
 and Gaussian noise of std ``noise_multiplier * max_grad_norm`` on the sum. Unit of privacy:
@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from client.bookkeeping import PoissonBatches
 from client.canaries import (
     UNCLIPPED_VALUE,
     VALUE_PER_CLIP,
@@ -67,10 +71,12 @@ CLIP_FAULT_FACTOR = 10.0
 
 @dataclass(frozen=True)
 class PrivacyPlan:
-    """The mechanism's parameters, and how Opacus computes per-example gradients: ``hooks``
-    (module hooks), ``functorch`` (vmap), ``ew`` (torch expanded weights) or ``ghost`` (ghost
-    clipping: per-example norms without materialising per-example gradients, least memory).
-    All four compute the same clipped sum; the mode changes only speed and memory."""
+    """The mechanism's parameters, and how per-example gradients are clipped: ``bk``
+    (fedshield's book-keeping engine, :mod:`client.bookkeeping`: one backward pass, no weight
+    gradients from autograd), or Opacus's ``hooks`` (module hooks), ``functorch`` (vmap), ``ew``
+    (torch expanded weights) or ``ghost`` (ghost clipping: two backward passes, least memory);
+    ``auto`` measures them (:mod:`client.modes`). All compute the same clipped sum; the mode
+    changes only speed and memory."""
 
     noise_multiplier: float
     max_grad_norm: float
@@ -174,13 +180,20 @@ def train_local(
 
         mode = choose(model, data, plan.batch_size, device, task)
         privacy = dataclasses.replace(privacy, grad_sample_mode=mode)
+    engine = bookkeeping = None
     if privacy is not None:
-        from opacus import PrivacyEngine
         from opacus.validators import ModuleValidator
 
         errors = ModuleValidator.validate(model, strict=False)
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors[0]}")
+    if privacy is not None and privacy.grad_sample_mode == GradSampleMode.BK:
+        bookkeeping = _BookKeepingStep(model, privacy, sample_rate, len(data), steps, injector, randomness)
+        recorded_sigma = bookkeeping.sigma
+        loader = PoissonBatches(_tensors(data, device).tensors, sample_rate, sampling_rng)
+    elif privacy is not None:
+        from opacus import PrivacyEngine
+
         with warnings.catch_warnings():
             # Only this call's notice that Opacus's secure mode (torchcsprng, which has no build
             # for this torch) is off: fedshield supplies secret generators itself (see
@@ -210,19 +223,21 @@ def train_local(
         if isinstance(injector, InputCanaries):
             injector.model = model  # Opacus's wrapper: its hooks are switched off for the canaries
     else:
-        loader = DataLoader(_tensors(data, device), batch_size=plan.batch_size, shuffle=True, generator=sampling_rng)
+        loader = ShuffledBatches(_tensors(data, device).tensors, plan.batch_size, sampling_rng)
 
     model.train()
     profiling.lap("opacus setup" if privacy is not None else "setup")
     # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
     # caller's generator state is left as it was (secret, or from the public seed when asked).
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _closing(bookkeeping):
         torch.manual_seed(randomness.dropout_seed())
         done = 0
         while done < steps:
             for xb, yb in loader:
                 optimizer.zero_grad(set_to_none=True)
-                if len(yb) > 0:
+                if bookkeeping is not None:
+                    bookkeeping.gradients(model, criterion, xb, yb, done)
+                elif len(yb) > 0:
                     loss = loss_fn(model(xb), yb)
                     with warnings.catch_warnings():
                         # Opacus's hooks fire on module outputs when inputs need no grad: expected.
@@ -236,7 +251,7 @@ def train_local(
                 if privacy is None and injector is not None:
                     # unclipped, as one more record of the mean-loss batch
                     injector.add("grad", None, 1.0 / plan.batch_size)
-                if privacy is not None:
+                if privacy is not None and bookkeeping is None:
                     randomness.reseed_noise(noise_rng, done)
                 optimizer.step()
                 if plan.proximal_mu > 0:
@@ -254,15 +269,147 @@ def train_local(
     event = None
     if privacy is not None:
         event = DpSgdEvent(privacy.noise_multiplier, sample_rate, steps)
-        recorded = engine.accountant.history
+        if bookkeeping is not None:
+            recorded = [(recorded_sigma, sample_rate, bookkeeping.steps)]
+        else:
+            recorded = engine.accountant.history
+            model = model._module
         if recorded != [(recorded_sigma, sample_rate, steps)]:
-            raise RuntimeError(f"Opacus recorded {recorded}, planned {event}: accounting would be wrong")
-        model = model._module
+            raise RuntimeError(f"the engine recorded {recorded}, planned {event}: accounting would be wrong")
     return LocalResult(
         weights=get_weights(model),
         num_examples=len(data),
         event=event,
     )
+
+
+@contextmanager
+def _closing(step: _BookKeepingStep | None) -> Iterator[None]:
+    """The engine's hooks and noise thread are gone when training ends, however it ends."""
+    try:
+        yield
+    finally:
+        if step is not None:
+            step.close()
+
+
+class ShuffledBatches:
+    """Non-private mini-batches: a fresh permutation per pass (what ``DataLoader(shuffle=True)``
+    draws), indexed in one gather per batch instead of collated record by record."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator) -> None:
+        self.tensors, self.batch_size, self.generator = tensors, batch_size, generator
+
+    def __iter__(self):
+        n = len(self.tensors[0])
+        order = torch.randperm(n, generator=self.generator).to(self.tensors[0].device)
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            yield tuple(t[index] for t in self.tensors)
+
+
+def secure_noise(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Gaussian noise of std ``std`` shaped like each of ``params``, every coordinate the sum of
+    four independent N(0, std^2) draws halved (the distribution of Opacus's secure mode, against
+    floating-point attacks on a single draw), drawn for all parameters at once."""
+    sizes = [p.numel() for p in params]
+    total = torch.empty(sum(sizes), dtype=params[0].dtype, device=params[0].device).normal_(
+        0.0, std, generator=generator
+    )
+    draw = torch.empty_like(total)
+    for _ in range(3):
+        total.add_(draw.normal_(0.0, std, generator=generator))
+    total.mul_(0.5)
+    return [part.view_as(p) for part, p in zip(total.split(sizes), params, strict=True)]
+
+
+class NoiseAhead:
+    """Each step's noise from a generator of its own, seeded for that step (a fresh secret seed,
+    or the step's public one), drawn one step ahead on a CPU thread while the step's forward and
+    backward passes run: the noise depends on no record, so when it is drawn changes nothing
+    but the wall time. On a GPU it is drawn in line (it is cheap there)."""
+
+    def __init__(self, randomness: Randomness, std: float, params: list[torch.Tensor], steps: int) -> None:
+        self.randomness, self.std, self.params, self.steps = randomness, std, params, steps
+        self.device = params[0].device
+        self._pool = None
+        self._next: dict[int, object] = {}
+        if self.device.type == "cpu" and steps > 1 and not os.environ.get("FEDSHIELD_NOISE_INLINE"):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedshield-noise")
+            self._next[0] = self._pool.submit(self._draw, 0)
+
+    def _draw(self, step: int) -> list[torch.Tensor]:
+        generator = torch.Generator(device=self.device)
+        self.randomness.reseed_noise(generator, step)
+        return secure_noise(self.std, self.params, generator)
+
+    def take(self, step: int) -> list[torch.Tensor]:
+        if self._pool is None:
+            return self._draw(step)
+        future = self._next.pop(step, None)
+        if step + 1 < self.steps:
+            self._next[step + 1] = self._pool.submit(self._draw, step + 1)
+        return future.result() if future is not None else self._draw(step)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            for future in self._next.values():
+                future.cancel()
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class _BookKeepingStep:
+    """One DP-SGD step's gradients with fedshield's own engine (:mod:`client.bookkeeping`):
+    the clipped sum, the canaries, then the noise (:class:`NoiseAhead`) and the division by the
+    expected batch size, into ``p.grad`` for the plain SGD optimizer."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        privacy: PrivacyPlan,
+        sample_rate: float,
+        records: int,
+        steps: int,
+        injector: CanaryInjector | None,
+        randomness: Randomness,
+    ) -> None:
+        from client.bookkeeping import BookKeeping, expected_batch_size
+
+        self.bound, self.sigma = privacy.max_grad_norm, privacy.noise_multiplier
+        if privacy.fault == "clip-larger":  # clipped to factor x C, noise std as recorded: sigma x C
+            self.bound, self.sigma = CLIP_FAULT_FACTOR * self.bound, self.sigma / CLIP_FAULT_FACTOR
+        self.engine = BookKeeping(model, self.bound)
+        self.expected = expected_batch_size(records, sample_rate)
+        self.injector = injector
+        std, params = self.sigma * self.bound, self.engine.params
+        self.noise_ahead = NoiseAhead(randomness, std, params, steps) if privacy.fault != "noise-off" else None
+        self.steps = 0
+
+    def gradients(self, model: nn.Module, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int) -> None:
+        params = self.engine.params
+        if len(yb) > 0:
+            self.engine.clipped_sum(model, criterion, xb, yb)
+        else:  # an empty Poisson batch is still a step: pure noise
+            for p in params:
+                p.summed_grad = torch.zeros_like(p)
+        if self.injector is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                self.injector.add("summed_grad", self.bound, 1.0)
+        noise = self.noise_ahead.take(step) if self.noise_ahead is not None else None
+        for i, p in enumerate(params):
+            total = p.summed_grad if noise is None else noise[i].add_(p.summed_grad)
+            p.grad = total.div_(self.expected)
+            p.summed_grad = None
+        self.steps += 1
+
+    def close(self) -> None:
+        if self.noise_ahead is not None:
+            self.noise_ahead.close()
+        self.engine.close()
 
 
 def _instrument(optimizer, model: nn.Module, privacy: PrivacyPlan, injector: CanaryInjector | None) -> float:

@@ -1,4 +1,6 @@
-"""``grad-sample-mode = auto``: the fastest Opacus mode that works for a model, measured once.
+"""``grad-sample-mode = auto``: the fastest mode that works for a model, measured once: one of
+Opacus's four, or fedshield's book-keeping engine (``bk``, :mod:`client.bookkeeping`), which
+refuses the models it cannot clip exactly and is then not a candidate.
 
 Every mode computes the same clipped per-example gradients (each is checked against a brute-
 force loop in tests/client/test_per_sample_grads.py and test_dp_trainer.py), so choosing one
@@ -37,7 +39,8 @@ def shape_key(model: nn.Module, batch_size: int, device: torch.device) -> str:
     """What the speed of a mode depends on: the modules, the trainable shapes, batch, device."""
     import opacus
 
-    parts = [f"torch {torch.__version__}", f"opacus {opacus.__version__}", device.type, f"batch {batch_size}"]
+    parts = [f"torch {torch.__version__}", f"opacus {opacus.__version__}", f"engines {','.join(CONCRETE)}"]
+    parts += [device.type, f"batch {batch_size}"]
     parts += [f"{name}:{type(m).__name__}" for name, m in model.named_modules()]
     parts += [f"{n}:{tuple(p.shape)}:{p.requires_grad}" for n, p in model.named_parameters()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
@@ -97,7 +100,7 @@ def choose(model: nn.Module, data, batch_size: int, device: torch.device, task=N
     timings = measure(model, data, batch_size, device, task)
     working = {m: t for m, t in timings.items() if t is not None}
     if not working:
-        raise ValueError("no Opacus grad-sample mode works for this model")
+        raise ValueError(f"no grad-sample mode ({', '.join(CONCRETE)}) works for this model")
     mode = min(working, key=working.__getitem__)
     entries = _read()
     entries[key] = {"mode": mode, "seconds_per_step": timings}

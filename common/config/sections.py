@@ -44,12 +44,13 @@ class Strategy(StrEnum):
 
 
 class GradSampleMode(StrEnum):
-    """How Opacus computes per-example gradients."""
+    """How per-example gradients are clipped: an Opacus mode, or fedshield's own engine."""
 
     HOOKS = "hooks"
     FUNCTORCH = "functorch"
     EW = "ew"
     GHOST = "ghost"
+    BK = "bk"  # fedshield's own book-keeping engine (client/bookkeeping.py)
     AUTO = "auto"  # the fastest of the above for the model, measured once (client/modes.py)
 
 
@@ -255,8 +256,9 @@ class TrainingConfig(Section):
     local_epochs: float = 1.0
     batch_size: int = 128
     learning_rate: float = 1.0
-    # how Opacus computes per-example gradients: auto (the fastest that works for the model,
-    # measured once per model shape and machine) | hooks | functorch | ew | ghost
+    # how per-example gradients are clipped: auto (the fastest that works for the model,
+    # measured once per model shape and machine) | bk (fedshield's book-keeping engine) |
+    # Opacus's hooks | functorch | ew | ghost
     grad_sample_mode: str = "auto"
 
     def validate(self) -> None:

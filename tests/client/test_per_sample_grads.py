@@ -28,7 +28,7 @@ from common.text_loaders import text_dataset
 from common.transformer import LoraSpec, load_tokenizer
 
 DEVICE = pick_device()
-MODES = GRAD_SAMPLE_MODES  # hooks, functorch, ew (expanded weights), ghost (ghost clipping)
+MODES = GRAD_SAMPLE_MODES  # hooks, functorch, ew, ghost, bk (fedshield book-keeping), auto
 
 
 def _images(n: int = 6, seed: int = 0) -> Dataset:

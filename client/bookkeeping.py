@@ -1,0 +1,328 @@
+"""fedshield's own per-example clipping engine (``grad-sample-mode = bk``): book-keeping.
+
+Bu, Wang, Zha & Karypis (2023), "Differentially Private Optimization on Large Model at Small
+Cost" (ICML): one forward and one backward pass, as in non-private training, with the weight
+gradients left out of autograd's backward. Each trainable layer keeps its input ``a`` (forward)
+and the gradient ``g`` of the summed per-example losses at its output (backward); because
+records do not interact (no BatchNorm), example ``i``'s gradient of a linear layer is
+``g_i^T a_i``. From these the engine computes, per example:
+
+- the squared gradient norm, as ghost norms (``sum_{t,s} (a_t.a_s)(g_t.g_s)``, Li et al. 2022)
+  when that is cheaper, else by materialising the per-example gradient (one batched matmul with
+  the flops of the ordinary weight gradient);
+- the clip factor ``c_i = min(1, C / (||grad_i|| + 1e-6))`` (Opacus's rule, so every mode gives
+  the same update); an example whose gradient is not finite gets ``c_i = 0``;
+- the clipped sum ``sum_i c_i grad_i``, as one matmul ``(c * g)^T a`` per layer (book-keeping),
+  or from the materialised per-example gradients.
+
+Layers: ``nn.Linear`` (any number of token dimensions), ``nn.Conv2d`` (``groups = 1``, via
+unfold), ``nn.Embedding`` (no ``max_norm``), ``nn.LayerNorm``, ``nn.GroupNorm``. A model with a
+trainable parameter anywhere else, a parameter shared by two layers or a layer called twice in
+one forward pass is refused (:class:`Unsupported`), and ``auto`` then picks an Opacus mode.
+What the engine releases is checked like every mode: the brute-force loop of one backward pass
+per record in tests/client/test_dp_trainer.py and test_per_sample_grads.py.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
+
+
+class Unsupported(ValueError):
+    """The model has a trainable parameter the engine cannot compute per-example norms for."""
+
+
+@dataclass
+class _Record:
+    module: nn.Module
+    a: torch.Tensor  # the layer's input, detached
+    g: torch.Tensor | None = None  # gradient of the summed losses at the layer's output
+
+
+def check(model: nn.Module) -> list[nn.Module]:
+    """The layers whose parameters the engine trains; :class:`Unsupported` names the first
+    trainable parameter it cannot handle."""
+    owner: dict[int, str] = {}
+    layers = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        where = f"{name or 'model'}.{own[0][0]}"
+        if type(module) not in SUPPORTED:
+            raise Unsupported(f"book-keeping: no per-example norms for {type(module).__name__} ({where})")
+        if isinstance(module, nn.Conv2d) and (
+            module.groups != 1 or module.padding_mode != "zeros" or isinstance(module.padding, str)
+        ):
+            raise Unsupported(f"book-keeping: Conv2d {where} has groups, a padding mode or string padding")
+        if isinstance(module, nn.Embedding) and (
+            module.max_norm is not None or module.sparse or module.scale_grad_by_freq
+        ):
+            raise Unsupported(f"book-keeping: Embedding {where} renormalises, scales by frequency or is sparse")
+        for n, p in own:
+            if id(p) in owner:
+                raise Unsupported(f"book-keeping: parameter {name}.{n} is shared with {owner[id(p)]}")
+            owner[id(p)] = f"{name}.{n}"
+        layers.append(module)
+    unowned = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in owner]
+    if unowned:
+        raise Unsupported(f"book-keeping: trainable parameter {unowned[0]} is not in a supported layer")
+    return layers
+
+
+class BookKeeping:
+    """Per-example clipped gradient sums for ``model``, one forward and one backward pass a step."""
+
+    def __init__(self, model: nn.Module, max_grad_norm: float) -> None:
+        self.layers = check(model)
+        self.max_grad_norm = max_grad_norm
+        self.params = [p for m in self.layers for p in m.parameters(recurse=False) if p.requires_grad]
+        self._records: dict[nn.Module, _Record] = {}
+        self._active = False
+        self._handles = [m.register_forward_hook(self._forward_hook) for m in self.layers]
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _forward_hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if not self._active:
+            return None
+        if module in self._records:
+            raise Unsupported(f"book-keeping: {type(module).__name__} is called twice in one forward pass")
+        record = _Record(module, inputs[0].detach())
+        self._records[module] = record
+
+        def keep(grad: torch.Tensor) -> None:
+            record.g = grad.detach()
+
+        if output.requires_grad:
+            output.register_hook(keep)
+            return None
+        # Nothing before this layer is trained: its output becomes where the backward pass ends.
+        leaf = output.detach().requires_grad_()
+        leaf.register_hook(keep)
+        return leaf.clone()  # the model may work in place on it; the hook stays on the leaf
+
+    @contextmanager
+    def _recording(self) -> Iterator[None]:
+        self._records = {}
+        frozen = [p for p in self.params if p.requires_grad]
+        for p in frozen:  # autograd computes activation gradients only, no weight gradients
+            p.requires_grad_(False)
+        self._active = True
+        try:
+            yield
+        finally:
+            self._active = False
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def clipped_sum(self, model: nn.Module, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        """Set ``p.summed_grad`` = sum over the batch of each example's gradient clipped to
+        ``max_grad_norm`` (0 for an example whose gradient is not finite); returns the (B,)
+        clip factors."""
+        reduction = criterion.reduction
+        criterion.reduction = "none"
+        try:
+            with self._recording():
+                losses = criterion(model(xb), yb)
+                if losses.requires_grad:
+                    losses.sum().backward()
+        finally:
+            criterion.reduction = reduction
+        records = [r for r in self._records.values() if r.g is not None]
+        self._records = {}
+        batch = len(yb)
+        device = self.params[0].device
+        parts = [_Part.of(r, batch) for r in records]
+        squared = torch.zeros(batch, dtype=torch.float32, device=device)
+        for part in parts:
+            squared += part.squared_norms()
+        bad = ~torch.isfinite(squared)
+        factors = (self.max_grad_norm / (squared.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+        factors = torch.where(bad, torch.zeros_like(factors), factors)
+        for p in self.params:
+            p.summed_grad = torch.zeros_like(p)
+        for part in parts:
+            part.add_clipped(factors, bad)
+        return factors
+
+
+class _Part:
+    """One layer's share of a step: per-example squared norms and the clipped sum."""
+
+    def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        self.module, self.a, self.g = module, a, g
+
+    @staticmethod
+    def of(record: _Record, batch: int) -> _Part:
+        m = record.module
+        cls = {nn.Linear: _Linear, nn.Conv2d: _Conv, nn.Embedding: _Embedding}.get(type(m), _Norm)
+        assert record.g is not None
+        if record.a.shape[0] != batch:
+            raise Unsupported(f"book-keeping: {type(m).__name__} input has no batch dimension first")
+        return cls(m, record.a, record.g)
+
+    def squared_norms(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+def use_ghost_norms(tokens: int, d_in: int, d_out: int) -> bool:
+    """Ghost norms cost B T^2 (in + out); materialised example gradients B T in out (and B in
+    out memory). Both give the same norms: the choice is speed only."""
+    return tokens * (d_in + d_out) < d_in * d_out
+
+
+def _finite(t: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+    """``t`` with the examples ``bad`` zeroed (``0 * inf`` would be NaN in the sum)."""
+    if bool(bad.any()):
+        t = t.clone()
+        t[bad] = 0
+    return t
+
+
+class _Matmul(_Part):
+    """A layer whose example gradient is ``g_i^T a_i`` with ``a_i`` (T, in), ``g_i`` (T, out)."""
+
+    def _prepare(self) -> None:
+        a, g = self.a, self.g
+        t, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
+        self.bias = self.module.bias is not None and self.module.bias.requires_grad
+        self.weight = self.module.weight.requires_grad
+        self.ghost = use_ghost_norms(t, d_in, d_out)
+        self.per_example = None if self.ghost or not self.weight else torch.bmm(g.transpose(1, 2), a)
+        self.bias_per_example = g.sum(dim=1) if self.bias else None
+
+    def squared_norms(self) -> torch.Tensor:
+        self._prepare()
+        a, g = self.a, self.g
+        out = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
+        if self.weight:
+            if self.per_example is not None:
+                out += self.per_example.reshape(a.shape[0], -1).pow(2).sum(dim=1)
+            elif a.shape[1] == 1:
+                out += a[:, 0].pow(2).sum(dim=1) * g[:, 0].pow(2).sum(dim=1)
+            else:
+                out += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2))
+        if self.bias_per_example is not None:
+            out += self.bias_per_example.pow(2).sum(dim=1)
+        return out
+
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+        weight = self.module.weight
+        if self.weight:
+            if self.per_example is not None:
+                total = factors @ _finite(self.per_example, bad).reshape(len(factors), -1)
+            else:
+                scaled = _finite(self.g, bad) * factors[:, None, None]
+                a = _finite(self.a, bad)
+                total = scaled.reshape(-1, scaled.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+            weight.summed_grad += total.reshape(weight.shape)
+        if self.bias_per_example is not None:
+            self.module.bias.summed_grad += factors @ _finite(self.bias_per_example, bad)
+
+
+class _Linear(_Matmul):
+    def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        b = a.shape[0]
+        super().__init__(module, a.reshape(b, -1, a.shape[-1]), g.reshape(b, -1, g.shape[-1]))
+
+
+class _Conv(_Matmul):
+    def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        m = module
+        assert isinstance(m, nn.Conv2d)
+        cols = F.unfold(a, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)  # (B, in, L)
+        b = a.shape[0]
+        super().__init__(module, cols.transpose(1, 2), g.reshape(b, g.shape[1], -1).transpose(1, 2))
+
+
+class _Embedding(_Part):
+    def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        b = a.shape[0]
+        ids = a.reshape(b, -1)
+        g = g.reshape(b, ids.shape[1], -1)
+        pad = module.padding_idx
+        if pad is not None:  # the padding row receives no gradient
+            g = g * (ids != pad).unsqueeze(-1).to(g.dtype)
+        super().__init__(module, ids, g)
+
+    def squared_norms(self) -> torch.Tensor:
+        ids, g = self.a, self.g
+        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(g.dtype)
+        return (same * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2))
+
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+        weight = self.module.weight
+        scaled = _finite(self.g, bad) * factors[:, None, None]
+        weight.summed_grad.index_add_(0, self.a.reshape(-1), scaled.reshape(-1, scaled.shape[-1]))
+
+
+class _Norm(_Part):
+    """LayerNorm / GroupNorm: example gradients of the affine parameters, materialised (small)."""
+
+    def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        super().__init__(module, a, g)
+        m = module
+        b = a.shape[0]
+        if isinstance(m, nn.LayerNorm):
+            normalised = F.layer_norm(a, m.normalized_shape, None, None, m.eps)
+            lead = a.dim() - len(m.normalized_shape)
+            dims = tuple(range(1, lead))
+            self.w = (g * normalised).sum(dim=dims) if dims else g * normalised
+            self.b = g.sum(dim=dims) if dims else g
+        else:
+            assert isinstance(m, nn.GroupNorm)
+            normalised = F.group_norm(a, m.num_groups, None, None, m.eps)
+            dims = tuple(range(2, a.dim()))
+            self.w = (g * normalised).sum(dim=dims) if dims else g * normalised
+            self.b = g.sum(dim=dims) if dims else g
+        self.w = self.w.reshape(b, -1) if m.weight is not None and m.weight.requires_grad else None
+        self.b = self.b.reshape(b, -1) if m.bias is not None and m.bias.requires_grad else None
+
+    def squared_norms(self) -> torch.Tensor:
+        out = torch.zeros(self.a.shape[0], dtype=torch.float32, device=self.a.device)
+        for t in (self.w, self.b):
+            if t is not None:
+                out += t.pow(2).sum(dim=1)
+        return out
+
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+        for t, p in ((self.w, self.module.weight), (self.b, self.module.bias)):
+            if t is not None:
+                p.summed_grad += (factors @ _finite(t, bad)).reshape(p.shape)
+
+
+class PoissonBatches:
+    """Poisson sampling as Opacus's ``UniformWithReplacementSampler`` draws it (each record
+    independently with probability ``sample_rate`` at every step, from ``generator``), indexed
+    in one gather instead of collated record by record. Endless: the caller counts steps."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], sample_rate: float, generator: torch.Generator) -> None:
+        self.tensors, self.sample_rate, self.generator = tensors, sample_rate, generator
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.tensors[0])
+        while True:
+            mask = torch.rand(n, generator=self.generator) < self.sample_rate
+            index = mask.nonzero().reshape(-1).to(self.tensors[0].device)
+            yield tuple(t[index] for t in self.tensors)
+
+
+def expected_batch_size(records: int, sample_rate: float) -> int:
+    """What the noisy sum is divided by (Opacus's ``int(n * q)``, without its rounding down of
+    ``n * (1 / n)`` to 0)."""
+    return max(1, math.floor(records * sample_rate + 1e-9))

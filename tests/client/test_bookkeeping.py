@@ -1,0 +1,190 @@
+"""fedshield's book-keeping engine: every layer it supports, both ways of computing norms, and
+the models it must refuse. The reference is always a loop of one backward pass per record."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from client import bookkeeping
+from client.bookkeeping import BookKeeping, Unsupported, expected_batch_size
+from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
+from common.dataset import Dataset, Modality
+from common.privacy.noise import reproducible
+
+
+class Tokens(nn.Module):
+    """Embedding (with a padding row and repeated ids) -> LayerNorm -> Linear on every token ->
+    mean over tokens -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 6, padding_idx=0)
+        self.norm = nn.LayerNorm(6)
+        self.token = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.token(self.norm(self.embed(ids)))).mean(dim=1))
+
+
+class Convs(nn.Module):
+    """Conv2d (stride, padding) -> GroupNorm -> in-place ReLU -> Conv2d (dilation, no bias) -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, stride=2, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, dilation=2, padding=2, bias=False)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv2(self.relu(self.gn(self.conv1(x)))).flatten(1))
+
+
+def _batch(model: nn.Module, n: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    if isinstance(model, Tokens):
+        x = torch.randint(0, 4, (n, 9), generator=g)  # ids 0..3: repeats and padding in every record
+    else:
+        x = torch.rand((n, 2, 8, 8), generator=g)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def _brute_force(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bound: float) -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    total = [torch.zeros_like(p) for p in params]
+    for i in range(len(y)):
+        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
+        grads = torch.autograd.grad(loss, params)
+        norm = torch.sqrt(sum((g**2).sum() for g in grads))
+        for t, g in zip(total, grads, strict=True):
+            t.add_(g * torch.clamp(bound / (norm + 1e-6), max=1.0))
+    return total
+
+
+@pytest.mark.parametrize("ghost", [True, False], ids=["ghost-norms", "materialised"])
+@pytest.mark.parametrize("make", [Tokens, Convs])
+def test_clipped_sum_equals_brute_force(make, ghost: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bookkeeping, "use_ghost_norms", lambda *_: ghost)
+    torch.manual_seed(1)
+    model = make()
+    x, y = _batch(model)
+    bound = 0.1
+    expected = _brute_force(model, x, y, bound)
+    engine = BookKeeping(model, bound)
+    factors = engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    assert (factors < 1).all(), "every record must be clipped, or the test does not test clipping"
+    for p, e in zip(engine.params, expected, strict=True):
+        torch.testing.assert_close(p.summed_grad, e, atol=1e-6, rtol=1e-4)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    engine.close()
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_a_crafted_model_gets_no_more_than_the_bound_from_any_record() -> None:
+    """A curious server scales the weights so that one record's gradient is enormous: what that
+    record adds to the sum is still at most the clipping bound."""
+    torch.manual_seed(2)
+    model = Convs()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(50.0)
+    x, y = _batch(model, n=1)
+    engine = BookKeeping(model, 0.5)
+    engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    norm = torch.sqrt(sum((p.summed_grad**2).sum() for p in engine.params))
+    assert 0.49 < float(norm) <= 0.5 * (1 + 1e-5)
+
+
+def test_a_record_that_overflows_adds_nothing_and_the_others_are_kept() -> None:
+    torch.manual_seed(3)
+    model = Tokens()
+    x, y = _batch(model, n=4)
+    x = x.clamp(max=2)
+    x[1, 2] = x[3, 0] = 3
+    with torch.no_grad():
+        model.embed.weight[3] = float("inf")  # the records holding id 3 overflow
+    poisoned = torch.tensor([False, True, False, True])
+    engine = BookKeeping(model, 1.0)
+    factors = engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    assert (factors[poisoned] == 0).all() and (factors[~poisoned] > 0).all()
+    assert all(bool(torch.isfinite(p.summed_grad).all()) for p in engine.params)
+    with torch.no_grad():
+        model.embed.weight[3] = 0.0
+    keep = ~poisoned
+    expected = _brute_force(model, x[keep], y[keep], 1.0)
+    for p, e in zip(engine.params, expected, strict=True):  # exactly the clean records' clipped sum
+        torch.testing.assert_close(p.summed_grad, e, atol=1e-6, rtol=1e-4)
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(self.layer(x))[:, :2]
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))[:, :2]
+
+
+class _Bare(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(4))
+        self.layer = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x * self.scale)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        (nn.Sequential(nn.Conv1d(1, 2, 3), nn.Flatten(), nn.Linear(4, 2)), "Conv1d"),
+        (_Bare(), r"_Bare \(model.scale\)"),
+        (_Tied(), "shared"),
+        (nn.Sequential(nn.Embedding(5, 4, max_norm=1.0), nn.Flatten(), nn.Linear(8, 2)), "renormalises"),
+    ],
+    ids=["conv1d", "bare-parameter", "tied-weights", "embedding-max-norm"],
+)
+def test_what_it_cannot_clip_is_refused_by_name(model: nn.Module, message: str) -> None:
+    with pytest.raises(Unsupported, match=message):
+        BookKeeping(model, 1.0)
+
+
+def test_a_layer_used_twice_in_one_pass_is_refused_and_the_model_is_left_trainable() -> None:
+    model = _Twice()
+    engine = BookKeeping(model, 1.0)
+    with pytest.raises(Unsupported, match="called twice"):
+        engine.clipped_sum(model, nn.CrossEntropyLoss(), torch.rand(3, 4), torch.tensor([0, 1, 0]))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_train_local_with_bk_refuses_an_unsupported_model_and_auto_falls_back(tmp_path) -> None:
+    model = _Bare()
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.random((8, 4), dtype=np.float32), rng.integers(0, 2, 8), 2, Modality.TABULAR, "t")
+    plan = LocalPlan(local_epochs=1, batch_size=8, learning_rate=0.1)
+    with pytest.raises(Unsupported):
+        train_local(model, data, plan, privacy=PrivacyPlan(1.0, 1.0, "bk"), randomness=reproducible(0))
+    result = train_local(model, data, plan, privacy=PrivacyPlan(1.0, 1.0, "auto"), randomness=reproducible(0))
+    assert result.event is not None and result.event.steps == 1
+
+
+def test_expected_batch_size_is_never_zero() -> None:
+    assert expected_batch_size(49, 1 / 49) == 1  # 49 * (1 / 49) is 0.999... in floating point
+    assert expected_batch_size(100, 0.25) == 25
+    assert expected_batch_size(10, 0.25) == 2
