@@ -7,8 +7,10 @@ and composes every event the site's ledger holds for the dataset, across all job
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from common.privacy.accounting import DpSgdEvent, epsilon
 
@@ -28,9 +30,16 @@ class Budget:
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
-    spent: float  # epsilon spent so far on this dataset
     after: float  # epsilon after the planned steps (inf when no noise level fits)
     reason: str
+    history: tuple[DpSgdEvent, ...] = field(repr=False)
+    delta: float = field(repr=False)
+
+    @cached_property
+    def spent(self) -> float:
+        """Epsilon spent so far on this dataset (computed when asked: a refusal reports it,
+        an allowed round needs only ``after``)."""
+        return epsilon(self.history, delta=self.delta)
 
 
 def decide(history: Sequence[DpSgdEvent], planned: DpSgdEvent | None, budget: Budget) -> Decision:
@@ -38,11 +47,11 @@ def decide(history: Sequence[DpSgdEvent], planned: DpSgdEvent | None, budget: Bu
 
     ``planned=None`` means no noise level could meet the budget: always a refusal.
     """
-    spent = epsilon(history, delta=budget.delta)
     after = epsilon([*history, planned], delta=budget.delta) if planned is not None else float("inf")
     if after <= budget.epsilon:
-        return Decision(True, spent, after, "within budget")
-    reason = f"budget exhausted: spent {spent:.2f} of {budget.epsilon:.2f} (delta={budget.delta:g})" + (
+        return Decision(True, after, "within budget", tuple(history), budget.delta)
+    refused = Decision(False, after, "", tuple(history), budget.delta)
+    reason = f"budget exhausted: spent {refused.spent:.2f} of {budget.epsilon:.2f} (delta={budget.delta:g})" + (
         f"; this round would bring it to {after:.2f}" if planned is not None else ""
     )
-    return Decision(False, spent, after, reason)
+    return dataclasses.replace(refused, reason=reason)

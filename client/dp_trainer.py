@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -334,7 +333,7 @@ class NoiseAhead:
         self.device = params[0].device
         self._pool = None
         self._next: dict[int, object] = {}
-        if self.device.type == "cpu" and steps > 1 and not os.environ.get("FEDSHIELD_NOISE_INLINE"):
+        if self.device.type == "cpu" and steps > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedshield-noise")

@@ -7,7 +7,8 @@ infinite, whatever the accountant says.
 
 :attr:`NoiseSource.OS_ENTROPY` (the default): the Poisson sampler gets its own generator seeded
 with 64 bits from the operating system's CSPRNG (``secrets``) once per training call; the noise
-generator is re-seeded with fresh OS bits before every optimizer step, so no two steps share a
+generator is re-seeded with fresh OS bits before every optimizer step (fedshield's own engine
+gives each step a generator of its own, seeded the same way), so no two steps share a
 generator state; and each noise coordinate is the sum of four Gaussian draws, halved (Opacus's
 secure mode, after Holohan & Braghin 2021, "Secure Random Sampling in Differential Privacy",
 Sec. 5.1, against floating-point attacks on a single Gaussian draw). The seeds are never logged,

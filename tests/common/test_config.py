@@ -94,7 +94,11 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
         ("model", "vit", "model must be one of mlp, cnn, resnet, transformer, got 'vit'"),
         ("finetune", "adapters", "finetune must be full or lora, got 'adapters'"),
         ("finetune", "lora", "finetune lora needs model transformer (model is 'mlp'), got 'lora'"),
-        ("grad-sample-mode", "fast", "grad-sample-mode must be one of hooks, functorch, ew, ghost, bk, auto, got 'fast'"),
+        (
+            "grad-sample-mode",
+            "fast",
+            "grad-sample-mode must be one of hooks, functorch, ew, ghost, bk, auto, got 'fast'",
+        ),
         ("resnet-width", 0, "resnet-width must be >= 1, got 0"),
         ("lora-rank", 0, "lora-rank must be >= 1, got 0"),
         ("lora-targets", " , ", "lora-targets must name at least one module, got ' , '"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 
 from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
@@ -15,7 +16,11 @@ from common.privacy.noise import NoiseSource, Randomness, reproducible, secret
 
 CPU = torch.device("cpu")
 PLAN = LocalPlan(local_epochs=1, batch_size=8, learning_rate=0.5)
-PRIVACY = PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0)
+MODES = ("hooks", "bk")  # Opacus's noise path, and fedshield's own engine's (drawn a step ahead)
+
+
+def _privacy(mode: str) -> PrivacyPlan:
+    return PrivacyPlan(noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode=mode)
 
 
 def _data(n: int = 40, seed: int = 0) -> Dataset:
@@ -28,7 +33,7 @@ def _flat(weights: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([w.ravel() for w in weights])
 
 
-def _attack_accuracy(site_randomness: Callable[[int], Randomness], trials: int = 20) -> float:
+def _attack_accuracy(site_randomness: Callable[[int], Randomness], mode: str, trials: int = 20) -> float:
     """The regeneration attack: the adversary knows the global model, the public config, the
     full dataset D and the released update, and assumes the old public seed; it re-runs the
     site's training on D and on D minus record 0 and guesses the closer one."""
@@ -36,9 +41,10 @@ def _attack_accuracy(site_randomness: Callable[[int], Randomness], trials: int =
     without = full.subset(np.arange(1, len(full)))
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
     public_seed = 1234
+    privacy = _privacy(mode)
     attacker = {
         name: _flat(
-            train_local(model, d, PLAN, privacy=PRIVACY, randomness=reproducible(public_seed), device=CPU).weights
+            train_local(model, d, PLAN, privacy=privacy, randomness=reproducible(public_seed), device=CPU).weights
         )
         for name, d in (("D", full), ("D-1", without))
     }
@@ -48,29 +54,55 @@ def _attack_accuracy(site_randomness: Callable[[int], Randomness], trials: int =
         truth = "D" if rng.random() < 0.5 else "D-1"
         data = full if truth == "D" else without
         update = _flat(
-            train_local(model, data, PLAN, privacy=PRIVACY, randomness=site_randomness(public_seed), device=CPU).weights
+            train_local(model, data, PLAN, privacy=privacy, randomness=site_randomness(public_seed), device=CPU).weights
         )
         guess = min(attacker, key=lambda name: float(np.linalg.norm(update - attacker[name])))
         correct += guess == truth
     return correct / trials
 
 
-def test_the_attack_is_real_against_publicly_seeded_noise() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_the_attack_is_real_against_publicly_seeded_noise(mode: str) -> None:
     # The old behaviour (noise from a seed anyone can compute): membership decided every time.
-    assert _attack_accuracy(reproducible) == 1.0
+    assert _attack_accuracy(reproducible, mode) == 1.0
 
 
-def test_secret_noise_defeats_regeneration() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_secret_noise_defeats_regeneration(mode: str) -> None:
     # With secret randomness the attacker is at chance; 20 fair coin flips give >= 16 right
     # with probability 0.6%, so this bound is not luck on the old code's side.
-    assert _attack_accuracy(lambda _seed: secret()) < 0.8
+    assert _attack_accuracy(lambda _seed: secret(), mode) < 0.8
 
 
-def test_secret_noise_differs_between_calls_with_identical_inputs() -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_secret_noise_differs_between_calls_with_identical_inputs(mode: str) -> None:
     model = build_model(ModelSpec(ModelKind.MLP, (6,), 2), seed=0)
-    a = train_local(model, _data(), PLAN, privacy=PRIVACY, randomness=secret(), device=CPU).weights
-    b = train_local(model, _data(), PLAN, privacy=PRIVACY, randomness=secret(), device=CPU).weights
+    a = train_local(model, _data(), PLAN, privacy=_privacy(mode), randomness=secret(), device=CPU).weights
+    b = train_local(model, _data(), PLAN, privacy=_privacy(mode), randomness=secret(), device=CPU).weights
     assert not np.allclose(_flat(a), _flat(b))
+
+
+def test_bk_noise_is_the_four_draw_gaussian_and_each_step_has_its_own() -> None:
+    """fedshield's engine: noise of the planned std (sum of four N(0, s^2) halved has std s),
+    and no two steps draw the same noise (each step's generator is seeded for that step)."""
+    from client.dp_trainer import NoiseAhead
+
+    params = [torch.zeros(50_000), torch.zeros(30)]
+    ahead = NoiseAhead(secret(), 0.7, params, steps=3)
+    try:
+        draws = [torch.cat([n.reshape(-1) for n in ahead.take(step)]) for step in range(3)]
+    finally:
+        ahead.close()
+    for d in draws:
+        assert abs(float(d.std()) - 0.7) < 0.01 and abs(float(d.mean())) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack(draws[:2]))[0, 1])) < 0.02
+    public = [NoiseAhead(reproducible(9), 0.7, params, steps=2) for _ in range(2)]
+    try:
+        same = [torch.cat([n.reshape(-1) for n in p.take(1)]) for p in public]
+    finally:
+        for p in public:
+            p.close()
+    assert torch.equal(same[0], same[1])  # reproducible noise is what its name says (insecure)
 
 
 def test_sampling_and_noise_generators_are_independent() -> None:
