@@ -197,17 +197,16 @@ def _finite(t: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
 class _Matmul(_Part):
     """A layer whose example gradient is ``g_i^T a_i`` with ``a_i`` (T, in), ``g_i`` (T, out)."""
 
-    def _prepare(self) -> None:
-        a, g = self.a, self.g
+    def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
+        super().__init__(module, a, g)
         t, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
-        self.bias = self.module.bias is not None and self.module.bias.requires_grad
-        self.weight = self.module.weight.requires_grad
+        self.bias = module.bias is not None and module.bias.requires_grad
+        self.weight = module.weight.requires_grad
         self.ghost = use_ghost_norms(t, d_in, d_out)
         self.per_example = None if self.ghost or not self.weight else torch.bmm(g.transpose(1, 2), a)
         self.bias_per_example = g.sum(dim=1) if self.bias else None
 
     def squared_norms(self) -> torch.Tensor:
-        self._prepare()
         a, g = self.a, self.g
         out = torch.zeros(a.shape[0], dtype=torch.float32, device=a.device)
         if self.weight:

@@ -173,7 +173,7 @@ def test_a_layer_used_twice_in_one_pass_is_refused_and_the_model_is_left_trainab
     assert all(p.requires_grad for p in model.parameters())
 
 
-def test_train_local_with_bk_refuses_an_unsupported_model_and_auto_falls_back(tmp_path) -> None:
+def test_train_local_with_bk_refuses_an_unsupported_model_and_auto_falls_back() -> None:
     model = _Bare()
     rng = np.random.default_rng(0)
     data = Dataset(rng.random((8, 4), dtype=np.float32), rng.integers(0, 2, 8), 2, Modality.TABULAR, "t")
