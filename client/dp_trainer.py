@@ -282,6 +282,15 @@ def train_local(
     )
 
 
+def _applied(privacy: PrivacyPlan) -> tuple[float, float]:
+    """(clipping bound, noise multiplier) the engine really applies: the plan's, except under
+    the simulated ``clip-larger`` fault: clipped to factor x C, with the noise std sigma x C as
+    recorded (std = multiplier x bound), so the recorded multiplier is sigma / factor."""
+    if privacy.fault == "clip-larger":
+        return CLIP_FAULT_FACTOR * privacy.max_grad_norm, privacy.noise_multiplier / CLIP_FAULT_FACTOR
+    return privacy.max_grad_norm, privacy.noise_multiplier
+
+
 @contextmanager
 def _closing(step: _BookKeepingStep | None) -> Iterator[None]:
     """The engine's hooks and noise thread are gone when training ends, however it ends."""
@@ -309,17 +318,20 @@ class ShuffledBatches:
 
 def secure_noise(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
     """Gaussian noise of std ``std`` shaped like each of ``params``, every coordinate the sum of
-    four independent N(0, std^2) draws halved (the distribution of Opacus's secure mode, against
-    floating-point attacks on a single draw), drawn for all parameters at once."""
-    sizes = [p.numel() for p in params]
-    total = torch.empty(sum(sizes), dtype=params[0].dtype, device=params[0].device).normal_(
-        0.0, std, generator=generator
-    )
-    draw = torch.empty_like(total)
-    for _ in range(3):
-        total.add_(draw.normal_(0.0, std, generator=generator))
-    total.mul_(0.5)
-    return [part.view_as(p) for part, p in zip(total.split(sizes), params, strict=True)]
+    four independent N(0, std^2) draws halved, against floating-point attacks on a single draw:
+    bit for bit what Opacus's secure mode (``_generate_noise``) draws from ``generator``, in
+    the same order (one discarded draw, then four per parameter), so that the audit's
+    regeneration of insecure reproducible noise (:func:`audit.empirical.regenerated_noise`)
+    holds for every engine. Summed in place instead of from a fresh zero tensor."""
+    out = []
+    for p in params:
+        torch.normal(0.0, std, size=(1, 1), device=p.device, generator=generator)  # discarded, as Opacus does
+        total = torch.normal(0.0, std, size=p.shape, device=p.device, generator=generator)
+        draw = torch.empty_like(total)
+        for _ in range(3):
+            total.add_(torch.normal(0.0, std, size=p.shape, device=p.device, generator=generator, out=draw))
+        out.append(total.div_(2))
+    return out
 
 
 class NoiseAhead:
@@ -377,9 +389,7 @@ class _BookKeepingStep:
     ) -> None:
         from client.bookkeeping import BookKeeping, expected_batch_size
 
-        self.bound, self.sigma = privacy.max_grad_norm, privacy.noise_multiplier
-        if privacy.fault == "clip-larger":  # clipped to factor x C, noise std as recorded: sigma x C
-            self.bound, self.sigma = CLIP_FAULT_FACTOR * self.bound, self.sigma / CLIP_FAULT_FACTOR
+        self.bound, self.sigma = _applied(privacy)
         self.engine = BookKeeping(model, self.bound)
         self.expected = expected_batch_size(records, sample_rate)
         self.injector = injector
@@ -416,13 +426,11 @@ def _instrument(optimizer, model: nn.Module, privacy: PrivacyPlan, injector: Can
     simulated fault; returns the noise multiplier Opacus will record."""
     from opacus.optimizers.optimizer import _mark_as_processed
 
-    sigma = privacy.noise_multiplier
+    bound, sigma = _applied(privacy)
     if privacy.fault == "clip-larger":
-        # clipped to factor x C; the noise std sigma x C as recorded (Opacus: std = multiplier x bound)
-        optimizer.max_grad_norm = CLIP_FAULT_FACTOR * privacy.max_grad_norm
-        optimizer.noise_multiplier = sigma = privacy.noise_multiplier / CLIP_FAULT_FACTOR
+        optimizer.max_grad_norm, optimizer.noise_multiplier = bound, sigma
         if hasattr(model, "max_grad_norm"):  # ghost clipping clips in the backward pass
-            model.max_grad_norm = optimizer.max_grad_norm
+            model.max_grad_norm = bound
     if injector is None and privacy.fault != "noise-off":
         return sigma
     add_noise = optimizer.add_noise

@@ -105,6 +105,30 @@ def test_bk_noise_is_the_four_draw_gaussian_and_each_step_has_its_own() -> None:
     assert torch.equal(same[0], same[1])  # reproducible noise is what its name says (insecure)
 
 
+def test_the_auditor_regenerates_known_seed_noise_from_either_engine() -> None:
+    """With insecure reproducible noise the audit takes the noise out again (and so flags the
+    run): that needs fedshield's engine to draw exactly what Opacus's secure mode draws."""
+    from opacus.optimizers.optimizer import _generate_noise
+
+    from audit.empirical import regenerated_noise
+    from client.dp_trainer import NoiseAhead
+
+    shapes = [("w", (6, 4)), ("b", (4,))]
+    params = [torch.zeros(shape) for _, shape in shapes]
+    ahead = NoiseAhead(reproducible(9), 0.7, params, steps=3)
+    try:
+        drawn = [ahead.take(step) for step in range(3)]
+    finally:
+        ahead.close()
+    expected = regenerated_noise(9, shapes, 3, 0.7)
+    for i, (name, _) in enumerate(shapes):
+        np.testing.assert_array_equal(sum(d[i] for d in drawn).numpy(), expected[name])
+    generator = reproducible(9).noise_generator(CPU)
+    reproducible(9).reseed_noise(generator, 0)
+    opacus = [_generate_noise(0.7, p, generator, secure_mode=True) for p in params]
+    assert all(torch.equal(a, b) for a, b in zip(drawn[0], opacus, strict=True))
+
+
 def test_sampling_and_noise_generators_are_independent() -> None:
     for randomness in (secret(), reproducible(0)):
         sampling = randomness.sampling_generator().initial_seed()
