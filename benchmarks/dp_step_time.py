@@ -9,12 +9,13 @@ variants side by side ``--repeats`` times:
   mode (hooks, functorch, ew, ghost; a mode that fails on the model says so);
 - ``fedshield``: fedshield's DP path (train_local: grad-sample-mode auto, secret noise
   re-seeded every step, non-finite examples dropped, the accounting cross-check);
-- ``fedshield, reproducible noise``: the same with a seeded generator: the difference is the
-  cost of the secret noise source;
-- ``fedshield, one noise draw (insecure)``: the same with one Gaussian draw per coordinate
-  instead of four summed (patched in for this measurement only, never a setting): the
-  difference is the cost of the defence against floating-point attacks. Stock Opacus draws
-  once (its secure mode needs torchcsprng, which has no build for this torch).
+- ``fedshield, reproducible noise``: the same with one publicly seeded generator drawing the
+  parameters in order on one core (insecure; what the audit regenerates): the difference is
+  what drawing secret noise in chunks on every core saves;
+- ``fedshield, noise off (insecure)``: the same with the noise left out (the audit's simulated
+  ``noise-off`` fault, for measuring only): the difference is the whole cost of the noise, four
+  Gaussian draws per coordinate (the defence against floating-point attacks); stock Opacus
+  draws once (its secure mode needs torchcsprng, which has no build for this torch).
 
 Steady step time (median seconds per step, setup timed apart), samples per second and peak
 memory (CUDA: the variant's peak allocation; CPU: the peak RSS of a process that runs that
@@ -37,7 +38,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +135,7 @@ def _fedshield(case: Case, device: torch.device, private: bool, noise: str) -> t
 
     plan = LocalPlan(local_epochs=1, batch_size=case.batch, learning_rate=0.05)
     model = build_model(case.spec, seed=0)
-    privacy = PrivacyPlan(1.0, 1.0, "auto") if private else None
+    privacy = PrivacyPlan(1.0, 1.0, "auto", fault="noise-off" if noise == "off" else "") if private else None
     _sync(device)
     rng = secret() if noise == "secret" else reproducible(0)
     with profiling.recording():
@@ -206,34 +206,10 @@ def _release_memory() -> None:
         pass
 
 
-@contextmanager
-def _one_noise_draw() -> Iterator[None]:
-    """Insecure, for measuring only: one Gaussian draw per coordinate, in both of fedshield's
-    noise paths (its own engine's and Opacus's secure mode)."""
-    import opacus.optimizers.optimizer as opacus_optimizer
-
-    import client.dp_trainer as trainer
-
-    def single(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-        return [torch.empty_like(p).normal_(0.0, std, generator=generator) for p in params]
-
-    stock = opacus_optimizer._generate_noise
-    secure = trainer.secure_noise
-    trainer.secure_noise = single
-    opacus_optimizer._generate_noise = lambda std, reference, generator=None, secure_mode=False: stock(
-        std, reference, generator, False
-    )
-    try:
-        yield
-    finally:
-        trainer.secure_noise, opacus_optimizer._generate_noise = secure, stock
-
-
 def _variant(case: Case, device: torch.device, name: str) -> tuple[float, float, int]:
     _release_memory()
-    if name == "fedshield, one noise draw (insecure)":
-        with _one_noise_draw():
-            return _fedshield(case, device, True, "secret")
+    if name == "fedshield, noise off (insecure)":
+        return _fedshield(case, device, True, "off")
     if name == "plain":
         return _fedshield(case, device, False, "secret")
     if name == "fedshield":
@@ -321,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         parser.error(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(STOCK_MODES)}")
     variants = ["plain", *(f"opacus-{m}" for m in modes), "fedshield", "fedshield, reproducible noise"]
-    variants.append("fedshield, one noise draw (insecure)")
+    variants.append("fedshield, noise off (insecure)")
     command = " ".join(["python", "-m", "benchmarks.dp_step_time", *(argv if argv is not None else sys.argv[1:])])
     results: dict[str, Any] = {"command": command, "cases": []}
     print(command, flush=True)

@@ -12,6 +12,7 @@ no clipping or noise, for comparison runs only.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 from collections.abc import Iterator
@@ -154,10 +155,10 @@ def train_local(
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     global_params = [p.detach().clone() for p in _params(model)]
     sample_rate, steps = sampling(len(data), plan)
-    # Sampling draws indices on the CPU; noise is drawn where the gradients live. Two
-    # independent generators: the noise must say nothing about which records were sampled.
+    # Sampling draws indices on the CPU; noise is drawn where the gradients live, from
+    # generators of its own (Randomness.step_noise): it must say nothing about which records
+    # were sampled.
     sampling_rng = randomness.sampling_generator()
-    noise_rng = randomness.noise_generator(device)
     optimizer = torch.optim.SGD(_params(model), lr=plan.learning_rate)
     criterion = (task or Classification()).criterion()  # the per-example loss DP-SGD clips
     loss_fn: nn.Module = criterion
@@ -187,7 +188,7 @@ def train_local(
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors[0]}")
     if privacy is not None and privacy.grad_sample_mode == GradSampleMode.BK:
-        bookkeeping = _BookKeepingStep(model, privacy, sample_rate, len(data), steps, injector, randomness)
+        bookkeeping = _BookKeepingStep(model, privacy, sample_rate, len(data), injector, randomness)
         recorded_sigma = bookkeeping.sigma
         loader = PoissonBatches(_tensors(data, device).tensors, sample_rate, sampling_rng)
     elif privacy is not None:
@@ -208,7 +209,8 @@ def train_local(
             noise_multiplier=privacy.noise_multiplier,
             max_grad_norm=privacy.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=noise_rng,
+            # Opacus's own noise step is replaced (_instrument); its generator draws nothing.
+            noise_generator=randomness.noise_generator(device),
             grad_sample_mode=privacy.grad_sample_mode,
         )
         if privacy.grad_sample_mode == "ghost":  # the loss runs both backward passes
@@ -216,9 +218,8 @@ def train_local(
         else:
             model, optimizer, loader = private
         # Each noise coordinate: four draws summed and halved (Opacus's secure-mode sampling),
-        # from a generator re-seeded before every step.
-        optimizer.secure_mode = True
-        recorded_sigma = _instrument(optimizer, model, privacy, injector)
+        # secret, from generators seeded for each step (common.privacy.noise).
+        recorded_sigma = _instrument(optimizer, model, privacy, injector, randomness)
         if isinstance(injector, InputCanaries):
             injector.model = model  # Opacus's wrapper: its hooks are switched off for the canaries
     else:
@@ -250,8 +251,6 @@ def train_local(
                 if privacy is None and injector is not None:
                     # unclipped, as one more record of the mean-loss batch
                     injector.add("grad", None, 1.0 / plan.batch_size)
-                if privacy is not None and bookkeeping is None:
-                    randomness.reseed_noise(noise_rng, done)
                 optimizer.step()
                 if plan.proximal_mu > 0:
                     # FedProx's proximal term is data-independent: applied after the private
@@ -316,66 +315,10 @@ class ShuffledBatches:
             yield tuple(t[index] for t in self.tensors)
 
 
-def secure_noise(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-    """Gaussian noise of std ``std`` shaped like each of ``params``, every coordinate the sum of
-    four independent N(0, std^2) draws halved, against floating-point attacks on a single draw:
-    bit for bit what Opacus's secure mode (``_generate_noise``) draws from ``generator``, in
-    the same order (one discarded draw, then four per parameter), so that the audit's
-    regeneration of insecure reproducible noise (:func:`audit.empirical.regenerated_noise`)
-    holds for every engine. Summed in place instead of from a fresh zero tensor."""
-    out = []
-    for p in params:
-        torch.normal(0.0, std, size=(1, 1), device=p.device, generator=generator)  # discarded, as Opacus does
-        total = torch.normal(0.0, std, size=p.shape, device=p.device, generator=generator)
-        draw = torch.empty_like(total)
-        for _ in range(3):
-            total.add_(torch.normal(0.0, std, size=p.shape, device=p.device, generator=generator, out=draw))
-        out.append(total.div_(2))
-    return out
-
-
-class NoiseAhead:
-    """Each step's noise from a generator of its own, seeded for that step (a fresh secret seed,
-    or the step's public one), drawn one step ahead on a CPU thread while the step's forward and
-    backward passes run: the noise depends on no record, so when it is drawn changes nothing
-    but the wall time. On a GPU it is drawn in line (it is cheap there)."""
-
-    def __init__(self, randomness: Randomness, std: float, params: list[torch.Tensor], steps: int) -> None:
-        self.randomness, self.std, self.params, self.steps = randomness, std, params, steps
-        self.device = params[0].device
-        self._pool = None
-        self._next: dict[int, object] = {}
-        if self.device.type == "cpu" and steps > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="fedshield-noise")
-            self._next[0] = self._pool.submit(self._draw, 0)
-
-    def _draw(self, step: int) -> list[torch.Tensor]:
-        generator = torch.Generator(device=self.device)
-        self.randomness.reseed_noise(generator, step)
-        return secure_noise(self.std, self.params, generator)
-
-    def take(self, step: int) -> list[torch.Tensor]:
-        if self._pool is None:
-            return self._draw(step)
-        future = self._next.pop(step, None)
-        if step + 1 < self.steps:
-            self._next[step + 1] = self._pool.submit(self._draw, step + 1)
-        return future.result() if future is not None else self._draw(step)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            for future in self._next.values():
-                future.cancel()
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-
 class _BookKeepingStep:
     """One DP-SGD step's gradients with fedshield's own engine (:mod:`client.bookkeeping`):
-    the clipped sum, the canaries, then the noise (:class:`NoiseAhead`) and the division by the
-    expected batch size, into ``p.grad`` for the plain SGD optimizer."""
+    the clipped sum, the canaries, then the step's noise (:meth:`Randomness.step_noise`) and the
+    division by the expected batch size, into ``p.grad`` for the plain SGD optimizer."""
 
     def __init__(
         self,
@@ -383,7 +326,6 @@ class _BookKeepingStep:
         privacy: PrivacyPlan,
         sample_rate: float,
         records: int,
-        steps: int,
         injector: CanaryInjector | None,
         randomness: Randomness,
     ) -> None:
@@ -393,8 +335,8 @@ class _BookKeepingStep:
         self.engine = BookKeeping(model, self.bound)
         self.expected = expected_batch_size(records, sample_rate)
         self.injector = injector
-        std, params = self.sigma * self.bound, self.engine.params
-        self.noise_ahead = NoiseAhead(randomness, std, params, steps) if privacy.fault != "noise-off" else None
+        self.randomness, self.std = randomness, self.sigma * self.bound
+        self.noise_off = privacy.fault == "noise-off"
         self.steps = 0
 
     def gradients(self, model: nn.Module, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int) -> None:
@@ -408,7 +350,7 @@ class _BookKeepingStep:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 self.injector.add("summed_grad", self.bound, 1.0)
-        noise = self.noise_ahead.take(step) if self.noise_ahead is not None else None
+        noise = None if self.noise_off else self.randomness.step_noise(self.std, params, step)
         for i, p in enumerate(params):
             total = p.summed_grad if noise is None else noise[i].add_(p.summed_grad)
             p.grad = total.div_(self.expected)
@@ -416,39 +358,45 @@ class _BookKeepingStep:
         self.steps += 1
 
     def close(self) -> None:
-        if self.noise_ahead is not None:
-            self.noise_ahead.close()
         self.engine.close()
 
 
-def _instrument(optimizer, model: nn.Module, privacy: PrivacyPlan, injector: CanaryInjector | None) -> float:
-    """Add the canaries' clipped gradients to the clipped sum before the noise, and apply a
-    simulated fault; returns the noise multiplier Opacus will record."""
-    from opacus.optimizers.optimizer import _mark_as_processed
+def _instrument(
+    optimizer, model: nn.Module, privacy: PrivacyPlan, injector: CanaryInjector | None, randomness: Randomness
+) -> float:
+    """Opacus's noise step, replaced by fedshield's: the canaries' clipped gradients added to the
+    clipped sum before the noise, a simulated fault applied, then the step's noise from
+    :meth:`Randomness.step_noise` (the same draws as fedshield's own engine: secret, four per
+    coordinate, a fresh generator per step). Returns the noise multiplier Opacus will record."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
     bound, sigma = _applied(privacy)
     if privacy.fault == "clip-larger":
         optimizer.max_grad_norm, optimizer.noise_multiplier = bound, sigma
         if hasattr(model, "max_grad_norm"):  # ghost clipping clips in the backward pass
             model.max_grad_norm = bound
-    if injector is None and privacy.fault != "noise-off":
-        return sigma
-    add_noise = optimizer.add_noise
+    steps = itertools.count()
 
-    def instrumented() -> None:
+    def add_noise() -> None:
+        step = next(steps)
         if injector is not None:
             # each sampled canary's gradient, clipped to the bound really applied
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 injector.add("summed_grad", optimizer.max_grad_norm, 1.0)
+        summed = [p.summed_grad for p in optimizer.params]
+        for s in summed:
+            _check_processed_flag(s)
         if privacy.fault == "noise-off":
-            for p in optimizer.params:
-                p.grad = p.summed_grad.view_as(p).clone()
-                _mark_as_processed(p.summed_grad)
-            return
-        add_noise()
+            noised = [s.clone() for s in summed]
+        else:
+            std = optimizer.noise_multiplier * optimizer.max_grad_norm
+            noised = [n.add_(s) for n, s in zip(randomness.step_noise(std, summed, step), summed, strict=True)]
+        for p, s, g in zip(optimizer.params, summed, noised, strict=True):
+            p.grad = g.view_as(p)
+            _mark_as_processed(s)
 
-    optimizer.add_noise = instrumented
+    optimizer.add_noise = add_noise
     return sigma
 
 

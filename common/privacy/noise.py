@@ -15,6 +15,17 @@ Sec. 5.1, against floating-point attacks on a single Gaussian draw). The seeds a
 stored or sent. The two generators are independent: the noise says nothing about which records
 were sampled.
 
+:meth:`Randomness.step_noise` draws one optimizer step's noise for every trainable parameter.
+Secret noise on a CPU is cut into contiguous chunks, each drawn by a generator of its own seeded
+with fresh OS bits, on as many threads as torch computes with: torch's CPU generator draws on one
+core, so this is what makes the four-draw defence cost a quarter (two cores: a half) of its serial
+wall time, and nothing needs to be drawn ahead on a thread that would fight the step's own
+compute for the cores. Every coordinate is still the sum of four independent draws halved, and
+no two chunks or steps share a generator state. On a GPU (one generator, fast there) and for
+insecure reproducible noise, the parameters are drawn in order from one generator seeded for
+the step, bit for bit what Opacus's secure mode draws (so the audit can regenerate known-seed
+noise, :func:`audit.empirical.regenerated_noise`).
+
 :attr:`NoiseSource.INSECURE_REPRODUCIBLE`: seeds derived from a public seed (tests and papers
 only). The ledger records it and the audit reports the release as *not private*.
 """
@@ -22,11 +33,16 @@ only). The ledger records it and the audit reports the release as *not private*.
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
 import torch
+
+MIN_CHUNK = 1 << 17  # coordinates per thread below which a thread costs more than it saves
+_BLOCK = 1 << 18  # coordinates drawn and summed at a time inside a chunk (stays in cache)
 
 
 class NoiseSource(StrEnum):
@@ -70,6 +86,18 @@ class Randomness:
         """Before optimizer step ``step``: a fresh secret seed (or the step's public one)."""
         generator.manual_seed(self._seed("noise", step))
 
+    def step_noise(self, std: float, params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
+        """Optimizer step ``step``'s noise, one tensor shaped like each of ``params``: every
+        coordinate the sum of four independent N(0, std^2) draws, halved (std ``std``)."""
+        device = params[0].device
+        same = all(p.device == device and p.dtype == params[0].dtype for p in params)
+        total = sum(p.numel() for p in params)
+        workers = min(torch.get_num_threads(), total // MIN_CHUNK)
+        if self.public_seed is not None or device.type != "cpu" or not same or workers < 2:
+            generator = torch.Generator(device=device).manual_seed(self._seed("noise", step))
+            return four_draws_in_order(std, params, generator)
+        return _four_draws_in_chunks(std, params, workers)
+
     def canary_generator(self) -> torch.Generator:
         """The audit canaries' Poisson sampler (CPU), independent of the other two."""
         return torch.Generator().manual_seed(self._seed("canaries"))
@@ -83,6 +111,61 @@ class Randomness:
         if self.public_seed is not None:
             out["public_seed"] = self.public_seed
         return out
+
+
+def four_draws_in_order(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
+    """Noise of std ``std`` shaped like each of ``params``, every coordinate the sum of four
+    N(0, std^2) draws halved: bit for bit what Opacus's secure mode (``_generate_noise``) draws
+    from ``generator``, in the same order (one discarded draw, then four per parameter)."""
+    out = []
+    for p in params:
+        torch.normal(0.0, std, size=(1, 1), device=p.device, generator=generator)  # discarded, as Opacus does
+        total = torch.normal(0.0, std, size=p.shape, device=p.device, generator=generator, dtype=p.dtype)
+        draw = torch.empty_like(total)
+        for _ in range(3):
+            total.add_(torch.normal(0.0, std, size=p.shape, device=p.device, generator=generator, out=draw))
+        out.append(total.div_(2))
+    return out
+
+
+def _four_draws_into(out: torch.Tensor, std: float, generator: torch.Generator) -> None:
+    """Fill the 1-d ``out`` with sums of four N(0, std^2) draws halved, a cache-sized block at a time."""
+    spare = torch.empty(min(_BLOCK, out.numel()), dtype=out.dtype)
+    for start in range(0, out.numel(), _BLOCK):
+        block = out[start : start + _BLOCK]
+        draw = spare[: block.numel()]
+        block.normal_(0.0, std, generator=generator)
+        for _ in range(3):
+            block.add_(draw.normal_(0.0, std, generator=generator))
+        block.div_(2)
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool): a forked child makes its own
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
+        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="fedshield-noise"))
+    return _pool[2]
+
+
+def _four_draws_in_chunks(std: float, params: list[torch.Tensor], workers: int) -> list[torch.Tensor]:
+    """Secret noise drawn in ``workers`` contiguous chunks at once, each chunk from a generator
+    of its own seeded with fresh OS bits (torch's CPU generator draws on one core)."""
+    flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype)
+    bounds = [len(flat) * i // workers for i in range(workers + 1)]
+    generators = [torch.Generator().manual_seed(secrets.randbits(63)) for _ in range(workers)]
+
+    def draw(i: int) -> None:
+        _four_draws_into(flat[bounds[i] : bounds[i + 1]], std, generators[i])
+
+    list(_executor(workers).map(draw, range(workers)))  # re-raises a worker's error here
+    out, at = [], 0
+    for p in params:
+        out.append(flat[at : at + p.numel()].view(p.shape))
+        at += p.numel()
+    return out
 
 
 def secret() -> Randomness:

@@ -16,7 +16,7 @@ from common.privacy.noise import NoiseSource, Randomness, reproducible, secret
 
 CPU = torch.device("cpu")
 PLAN = LocalPlan(local_epochs=1, batch_size=8, learning_rate=0.5)
-MODES = ("hooks", "bk")  # Opacus's noise path, and fedshield's own engine's (drawn a step ahead)
+MODES = ("hooks", "bk")  # an Opacus mode, and fedshield's own engine
 
 
 def _privacy(mode: str) -> PrivacyPlan:
@@ -82,44 +82,50 @@ def test_secret_noise_differs_between_calls_with_identical_inputs(mode: str) -> 
     assert not np.allclose(_flat(a), _flat(b))
 
 
-def test_bk_noise_is_the_four_draw_gaussian_and_each_step_has_its_own() -> None:
-    """fedshield's engine: noise of the planned std (sum of four N(0, s^2) halved has std s),
-    and no two steps draw the same noise (each step's generator is seeded for that step)."""
-    from client.dp_trainer import NoiseAhead
+def _cat(noise: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([n.reshape(-1) for n in noise])
 
-    params = [torch.zeros(50_000), torch.zeros(30)]
-    ahead = NoiseAhead(secret(), 0.7, params, steps=3)
-    try:
-        draws = [torch.cat([n.reshape(-1) for n in ahead.take(step)]) for step in range(3)]
-    finally:
-        ahead.close()
+
+def test_step_noise_is_the_four_draw_gaussian_and_each_step_has_its_own() -> None:
+    """Noise of the planned std (sum of four N(0, s^2) halved has std s), Gaussian (kurtosis 3),
+    and no two steps, or two calls for the same step, draw the same noise."""
+    params = [torch.zeros(300_000), torch.zeros(30)]  # large enough for the chunked path on 2+ threads
+    draws = [_cat(secret().step_noise(0.7, params, step)) for step in (0, 1, 1)]
     for d in draws:
-        assert abs(float(d.std()) - 0.7) < 0.01 and abs(float(d.mean())) < 0.01
-    assert abs(float(torch.corrcoef(torch.stack(draws[:2]))[0, 1])) < 0.02
-    public = [NoiseAhead(reproducible(9), 0.7, params, steps=2) for _ in range(2)]
-    try:
-        same = [torch.cat([n.reshape(-1) for n in p.take(1)]) for p in public]
-    finally:
-        for p in public:
-            p.close()
+        assert abs(float(d.std()) - 0.7) < 0.005 and abs(float(d.mean())) < 0.005
+        assert abs(float(((d / d.std()) ** 4).mean()) - 3.0) < 0.05
+    correlations = torch.corrcoef(torch.stack(draws))
+    assert float(correlations.fill_diagonal_(0).abs().max()) < 0.02
+    same = [_cat(reproducible(9).step_noise(0.7, params, 1)) for _ in range(2)]
     assert torch.equal(same[0], same[1])  # reproducible noise is what its name says (insecure)
 
 
-def test_the_auditor_regenerates_known_seed_noise_from_either_engine() -> None:
+def test_chunked_secret_noise_gives_every_chunk_a_generator_of_its_own() -> None:
+    """The attack on a chunked draw: chunks seeded alike repeat each other's noise, so one
+    chunk (or one step) regenerates the rest. Every chunk must be drawn from its own seed."""
+    from common.privacy.noise import _four_draws_in_chunks
+
+    params = [torch.zeros(3, 100_000), torch.zeros(7)]
+    flat = _cat(_four_draws_in_chunks(0.7, params, workers=3))
+    chunks = [flat[i * 100_002 : i * 100_002 + 50_000] for i in range(3)]
+    assert float(torch.corrcoef(torch.stack(chunks)).fill_diagonal_(0).abs().max()) < 0.03
+    assert abs(float(flat.std()) - 0.7) < 0.005
+    again = _cat(_four_draws_in_chunks(0.7, params, workers=3))
+    assert abs(float(torch.corrcoef(torch.stack([flat, again]))[0, 1])) < 0.01
+    shapes = [n.shape for n in _four_draws_in_chunks(0.7, params, workers=3)]
+    assert shapes == [p.shape for p in params]
+
+
+def test_the_auditor_regenerates_known_seed_noise() -> None:
     """With insecure reproducible noise the audit takes the noise out again (and so flags the
-    run): that needs fedshield's engine to draw exactly what Opacus's secure mode draws."""
+    run): that needs both engines to draw exactly what Opacus's secure mode draws, in order."""
     from opacus.optimizers.optimizer import _generate_noise
 
     from audit.empirical import regenerated_noise
-    from client.dp_trainer import NoiseAhead
 
     shapes = [("w", (6, 4)), ("b", (4,))]
     params = [torch.zeros(shape) for _, shape in shapes]
-    ahead = NoiseAhead(reproducible(9), 0.7, params, steps=3)
-    try:
-        drawn = [ahead.take(step) for step in range(3)]
-    finally:
-        ahead.close()
+    drawn = [reproducible(9).step_noise(0.7, params, step) for step in range(3)]
     expected = regenerated_noise(9, shapes, 3, 0.7)
     for i, (name, _) in enumerate(shapes):
         np.testing.assert_array_equal(sum(d[i] for d in drawn).numpy(), expected[name])
