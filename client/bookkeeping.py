@@ -12,6 +12,14 @@ records do not interact (no BatchNorm), example ``i``'s gradient of a linear lay
   the flops of the ordinary weight gradient);
 - the clip factor ``c_i = min(1, C / (||grad_i|| + 1e-6))`` (Opacus's rule, so every mode gives
   the same update); an example whose gradient is not finite gets ``c_i = 0``;
+- where the norm and the clipped sum are computed differently (ghost norms, embeddings), two
+  guards keep floating point from lifting a record over the bound (a server can craft weights
+  whose per-position terms are huge and cancel): the ghost norm is computed in float64 and
+  raised by a rigorous bound on its rounding error (Higham 2002, Sec. 3.1: ``|fl(sum x) - sum
+  x| <= gamma_n sum |x|``), and the norm clipped on is at least ``S_i / CANCELLATION_BOUND``,
+  where ``S_i = sum_t ||g_it|| ||a_it||`` bounds the example's gradient (triangle inequality)
+  and the float32 terms its clipped sum adds up, so the sum's rounding error per record stays
+  below ``~ T u CANCELLATION_BOUND C`` (``u = 2^-24``);
 - the clipped sum ``sum_i c_i grad_i``, as one matmul ``(c * g)^T a`` per layer (book-keeping),
   or from the materialised per-example gradients.
 
@@ -35,6 +43,12 @@ from torch import nn
 from torch.nn import functional as F
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
+# An example whose per-position terms sum to less than 1/CANCELLATION_BOUND of their total size
+# is clipped as if its norm were that size over CANCELLATION_BOUND: its gradient is then mostly
+# cancellation, which float32 cannot compute to the bound. Natural examples stay far from it
+# (T positions in general directions give a ratio near sqrt(T)).
+CANCELLATION_BOUND = 100.0
+_U64 = 2.0**-53  # unit roundoff of float64
 
 
 class Unsupported(ValueError):
@@ -146,10 +160,14 @@ class BookKeeping:
         device = self.params[0].device
         parts = [_Part.of(r, batch) for r in records]
         squared = torch.zeros(batch, dtype=torch.float32, device=device)
+        size = torch.zeros(batch, dtype=torch.float32, device=device)
         for part in parts:
             squared += part.squared_norms()
-        bad = ~torch.isfinite(squared)
-        factors = (self.max_grad_norm / (squared.clamp(min=0).sqrt() + 1e-6)).clamp(max=1.0)
+            if part.size is not None:  # computed apart from its clipped sum: guard the cancellation
+                size = torch.maximum(size, part.size)
+        bad = ~torch.isfinite(squared) | ~torch.isfinite(size)
+        norms = torch.maximum(squared.clamp(min=0).sqrt(), size / CANCELLATION_BOUND)
+        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         factors = torch.where(bad, torch.zeros_like(factors), factors)
         for p in self.params:
             p.summed_grad = torch.zeros_like(p)
@@ -163,6 +181,9 @@ class _Part:
 
     def __init__(self, module: nn.Module, a: torch.Tensor, g: torch.Tensor) -> None:
         self.module, self.a, self.g = module, a, g
+        # (B,) sum over positions of ||g_t|| ||a_t||, set by squared_norms where the norm is
+        # not computed from the very terms the clipped sum adds (ghost norms, embeddings)
+        self.size: torch.Tensor | None = None
 
     @staticmethod
     def of(record: _Record, batch: int) -> _Part:
@@ -182,8 +203,21 @@ class _Part:
 
 def use_ghost_norms(tokens: int, d_in: int, d_out: int) -> bool:
     """Ghost norms cost B T^2 (in + out); materialised example gradients B T in out (and B in
-    out memory). Both give the same norms: the choice is speed only."""
+    out memory). Both give the same norms (ghost norms in float64, raised by their rounding
+    bound, :func:`_ghost_squared_norms`): the choice is speed only."""
     return tokens * (d_in + d_out) < d_in * d_out
+
+
+def _ghost_squared_norms(aa: torch.Tensor, gg: torch.Tensor, size: torch.Tensor, terms: int) -> torch.Tensor:
+    """``sum_{t,s} aa_ts gg_ts`` per example (float64 Gram matrices of float32 inputs), raised by
+    a bound on its rounding error: the dot products of length ``terms`` and the sum of their
+    T^2 products err by at most ``gamma_n`` times the sum of absolute terms, which is at most
+    ``size^2`` (Cauchy-Schwarz); doubled for the float64 products themselves. Never below the
+    exact squared norm."""
+    n = terms + aa.shape[1] * aa.shape[2] + 4
+    gamma = 2 * n * _U64 / (1 - n * _U64)
+    exact_or_more = (aa * gg).sum(dim=(1, 2)).clamp(min=0) + gamma * size.double() ** 2
+    return exact_or_more.float()
 
 
 def _finite(t: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -212,10 +246,13 @@ class _Matmul(_Part):
         if self.weight:
             if self.per_example is not None:
                 out += self.per_example.reshape(a.shape[0], -1).pow(2).sum(dim=1)
-            elif a.shape[1] == 1:
+            elif a.shape[1] == 1:  # one outer product: no cancellation
                 out += a[:, 0].pow(2).sum(dim=1) * g[:, 0].pow(2).sum(dim=1)
             else:
-                out += (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2))
+                a64, g64 = a.double(), g.double()
+                self.size = (a64.norm(dim=2) * g64.norm(dim=2)).sum(dim=1).float()
+                aa, gg = torch.bmm(a64, a64.transpose(1, 2)), torch.bmm(g64, g64.transpose(1, 2))
+                out += _ghost_squared_norms(aa, gg, self.size, a.shape[2] + g.shape[2])
         if self.bias_per_example is not None:
             out += self.bias_per_example.pow(2).sum(dim=1)
         return out
@@ -260,9 +297,10 @@ class _Embedding(_Part):
         super().__init__(module, ids, g)
 
     def squared_norms(self) -> torch.Tensor:
-        ids, g = self.a, self.g
-        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(g.dtype)
-        return (same * torch.bmm(g, g.transpose(1, 2))).sum(dim=(1, 2))
+        ids, g64 = self.a, self.g.double()
+        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(torch.float64)
+        self.size = g64.norm(dim=2).sum(dim=1).float()
+        return _ghost_squared_norms(same, torch.bmm(g64, g64.transpose(1, 2)), self.size, g64.shape[2])
 
     def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
         weight = self.module.weight

@@ -100,6 +100,68 @@ def test_a_crafted_model_gets_no_more_than_the_bound_from_any_record() -> None:
     assert 0.49 < float(norm) <= 0.5 * (1 + 1e-5)
 
 
+class _TwoReadouts(nn.Module):
+    """A trainable layer on two positions, read out by frozen, huge, opposite weights: what a
+    server sends so that a record's per-position gradient terms are enormous and cancel."""
+
+    def __init__(self, d: int, embed: bool) -> None:
+        super().__init__()
+        self.layer = nn.Embedding(10, d) if embed else nn.Linear(d, d, bias=False)
+        self.p0, self.p1 = nn.Linear(d, 2, bias=False), nn.Linear(d, 2, bias=False)
+        for q in (*self.p0.parameters(), *self.p1.parameters()):
+            q.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.layer(x)
+        return self.p0(h[:, 0]) + self.p1(h[:, 1])
+
+
+def _released_norm(model: nn.Module, x: torch.Tensor, bound: float) -> float:
+    engine = BookKeeping(model, bound)
+    try:
+        engine.clipped_sum(model, nn.CrossEntropyLoss(), x, torch.tensor([0]))
+        return float(torch.sqrt(sum((p.summed_grad.double() ** 2).sum() for p in engine.params)))
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("asymmetry", [0.1, 1.0, 3.0, 10.0])
+def test_ghost_norms_cannot_be_cancelled_by_crafted_weights(asymmetry: float) -> None:
+    """The attack (found in review): a record with two equal positions and opposite read-outs of
+    1e4 (within the site's weight limit). Its true gradient is 25-860 C, but in float32 the ghost
+    norm's T^2 terms cancel to about 0, the clip factor stays 1 and the whole gradient was
+    released (25-859 C, measured on the old code). Whatever the rounding, a record adds at most C."""
+    torch.manual_seed(0)
+    d = 64
+    model = _TwoReadouts(d, embed=False)
+    assert bookkeeping.use_ghost_norms(2, d, d)  # the path under attack
+    with torch.no_grad():
+        base = torch.randn(2, d).sign() * 1e4
+        model.p0.weight.copy_(base)
+        model.p1.weight.copy_(-base)
+        model.p0.weight[0, :4] += asymmetry
+        model.layer.weight.copy_(torch.randn(d, d) * 1e-3)
+    x = torch.randn(1, 1, d).repeat(1, 2, 1) * 30
+    assert _released_norm(model, x, 1.0) <= 1.0 + 1e-5
+
+
+def test_embedding_norms_cannot_be_cancelled_by_a_repeated_token() -> None:
+    """The same attack on an embedding: one token twice, opposite read-outs. The server tries
+    weight variants offline until the rounding goes its way (the old code released 3 C at the
+    first seed that gave a clip factor of 1)."""
+    d = 64
+    for seed in range(50):
+        torch.manual_seed(seed)
+        model = _TwoReadouts(d, embed=True)
+        with torch.no_grad():
+            base = torch.randn(2, d).sign() * 1e4
+            model.layer.weight.mul_(1e-4)
+            model.p0.weight.copy_(base)
+            model.p1.weight.copy_(-base)
+            model.p0.weight[0, :4] += 3.0
+        assert _released_norm(model, torch.tensor([[7, 7]]), 1.0) <= 1.0 + 1e-5, f"seed {seed}"
+
+
 def test_a_record_that_overflows_adds_nothing_and_the_others_are_kept() -> None:
     torch.manual_seed(3)
     model = Tokens()
