@@ -4,13 +4,13 @@ refuses the models it cannot clip exactly and is then not a candidate.
 
 Every mode computes the same clipped per-example gradients (each is checked against a brute-
 force loop in tests/client/test_per_sample_grads.py and test_dp_trainer.py), so choosing one
-for speed changes nothing about the guarantee. (The one exception is deliberate: where a
-record's gradient is mostly cancellation between positions, which only crafted weights give,
-``bk`` clips it harder than the others, see :data:`client.bookkeeping.CANCELLATION_BOUND`.) The choice is measured on the first use of a
-model shape on a machine (a few DP-SGD steps per mode on the site's first records; the
-results are discarded, nothing is released) and kept in a small JSON file keyed by the model's
-shape, the batch size, the device and the library versions; ``FEDSHIELD_CACHE`` names its
-folder (default ``~/.cache/fedshield``).
+for speed changes nothing about the guarantee. (One exception, on purpose: where a record's
+gradient is mostly cancellation between positions, which only crafted weights give, ``bk``
+clips it harder than the others; see :data:`client.bookkeeping.CANCELLATION_BOUND`.) The
+choice is measured on the first use of a model shape on a machine (a few DP-SGD steps per
+mode on the site's first records; the results are discarded, nothing is released) and kept in
+a small JSON file keyed by the model's shape, the batch size, the device and the library
+versions; ``FEDSHIELD_CACHE`` names its folder (default ``~/.cache/fedshield``).
 """
 
 from __future__ import annotations

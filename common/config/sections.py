@@ -58,6 +58,7 @@ class GradSampleMode(StrEnum):
 MAX_ROUNDS = 10_000
 MAX_LOCAL_EPOCHS = 1_000.0
 MAX_NOISE_MULTIPLIER = 1e4
+MAX_GRAD_NORM_RANGE = (1e-6, 1e6)  # clipping bound C, in the gradient's units
 MAX_LEARNING_RATE = 1e3  # beyond, SGD diverges on every shipped model; loss overflows long before 1e30
 MAX_SEED = 2**32 - 1
 
@@ -410,7 +411,10 @@ class PrivacyConfig(Section):
             f"must be in [0, {MAX_NOISE_MULTIPLIER:g}] (0 = calibrate to the budget)",
             self.noise_multiplier,
         )
-        check(self.max_grad_norm > 0, "max-grad-norm", "must be > 0", self.max_grad_norm)
+        # Bounded away from float32's subnormals and overflow, where the clipped gradients and the
+        # noise (std = multiplier x bound) would no longer be the numbers the Gaussian analysis has.
+        low, high = MAX_GRAD_NORM_RANGE
+        check(low <= self.max_grad_norm <= high, "max-grad-norm", f"must be in [{low:g}, {high:g}]", self.max_grad_norm)
 
 
 @dataclass(frozen=True)
