@@ -230,7 +230,7 @@ def train_local(
     # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
     # caller's generator state is left as it was (secret, or from the public seed when asked).
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _closing(bookkeeping):
-        torch.manual_seed(randomness.dropout_seed())
+        _seed_dropout(randomness.dropout_seed(), device)
         done = 0
         while done < steps:
             for xb, yb in loader:
@@ -288,6 +288,15 @@ def _applied(privacy: PrivacyPlan) -> tuple[float, float]:
     if privacy.fault == "clip-larger":
         return CLIP_FAULT_FACTOR * privacy.max_grad_norm, privacy.noise_multiplier / CLIP_FAULT_FACTOR
     return privacy.max_grad_norm, privacy.noise_multiplier
+
+
+def _seed_dropout(seed: int, device: torch.device) -> None:
+    """Seed the generator dropout draws from on ``device`` (only that one: ``torch.manual_seed``
+    also queues a lazy seeding of every accelerator backend, a stack trace each, ~1 ms a round)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 @contextmanager

@@ -43,6 +43,7 @@ tokenizer; both are data-independent.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import sys
@@ -232,8 +233,18 @@ _FEATURE_KEYS = {"name", "lo", "hi", "transform", "center", "scale", "categories
 
 def load_schema(path: str | Path) -> TableSchema:
     """Read and validate a schema file; every problem is one :class:`DataError` line naming the
-    file, the feature and the value."""
+    file, the feature and the value. A file read before and unchanged since (same size and
+    modification time) is not parsed again: a site reads its schema every round."""
     path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return _parse_schema(path, None)  # the parser names the problem
+    return _parse_schema(path, (stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_schema(path: Path, version: tuple[int, int] | None) -> TableSchema:
     src = str(path)
     try:
         with path.open("rb") as fh:

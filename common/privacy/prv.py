@@ -10,8 +10,9 @@ this machine, twice per call). Here the same numbers come from:
   where Opacus cuts them) and cached per ``(sample_rate, noise_multiplier)``: RDP composes by
   addition, so a history needs one vector per distinct mechanism, whatever its length;
 - :func:`prv_epsilon`: Opacus's own discretisation, FFT composition and epsilon bound on the
-  domain computed from those vectors, memoised per (merged history, delta, error): the
-  epsilon of a history is a pure function of it.
+  domain computed from those vectors, widened to a length the FFT is fast at
+  (:func:`_fast_fourier_domain`), memoised per (merged history, delta, error): the epsilon of
+  a history is a pure function of it.
 
 Nothing here holds privacy state: a cache maps mechanisms to numbers, never a site to its
 spend. The result is the upper bound Opacus returns (tests compare the two over random
@@ -201,11 +202,29 @@ def _discretize(q: float, sigma: float, domain):  # -> DiscretePRV
 
     tprv = TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max)
     ts = domain.ts
-    pmf = tprv.cdf(ts + domain.dt / 2) - tprv.cdf(ts - domain.dt / 2)
+    # The CDF once at every cell edge (Opacus evaluates it at both edges of every cell: twice).
+    pmf = np.diff(tprv.cdf(np.append(ts - domain.dt / 2, ts[-1] + domain.dt / 2)))
     shift = _truncated_mean(q, sigma, domain.t_min, domain.t_max) - np.dot(ts, pmf)
     if np.abs(shift) >= domain.dt / 2:
         raise RuntimeError("Discrete mean differs significantly from continuous mean.")
     return DiscretePRV(pmf=pmf, domain=domain.shift_right(shift))
+
+
+def _fast_fourier_domain(domain):  # -> Domain
+    """``domain`` widened by the same number of mesh points on each side until its length has
+    only the factors 2, 3 and 5: the composition's FFTs then cost about a tenth of what a
+    length with a large prime factor costs (pocketfft falls back to Bluestein's algorithm; 16-34
+    ms against ~2 ms at 45,000-87,000 points, measured here). Same mesh and alignment; a wider
+    domain only truncates less of the PRV (Gopi et al. 2021, Sec. 5: the domain must be at least
+    the safe size, the mesh at most the one computed), so the result stays an upper bound."""
+    from opacus.accountants.analysis.prv import Domain
+    from scipy.fft import next_fast_len
+
+    size = domain.size
+    while next_fast_len(size, real=True) != size:
+        size += 2
+    pad = (size - domain.size) // 2
+    return Domain(domain.t_min - pad * domain.dt, domain.t_max + pad * domain.dt, size)
 
 
 @lru_cache(maxsize=8192)
@@ -218,7 +237,7 @@ def prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps
     total = sum(steps for _, _, steps in history)
     size = _safe_domain_size(history, eps_error, delta_error)
     mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
-    domain = Domain.create_aligned(-size, size, mesh)
+    domain = _fast_fourier_domain(Domain.create_aligned(-size, size, mesh))
     # At sample rate 1 the PRV code takes log(1 - q) = log(0) = -inf on purpose: exact, only
     # numpy's warning is silenced.
     with np.errstate(divide="ignore"):

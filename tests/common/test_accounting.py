@@ -41,7 +41,9 @@ def test_history_epsilon_equals_a_fresh_accountant_stepped_through_every_step(hi
     for event in history:
         for _ in range(event.steps):
             fresh.step(noise_multiplier=event.noise_multiplier, sample_rate=event.sample_rate)
-    assert epsilon(history, delta=DELTA) == pytest.approx(fresh.get_epsilon(delta=DELTA, eps_error=0.01), rel=1e-9)
+    # The same computation on a domain widened to a fast FFT length (common.privacy.prv): the
+    # PRV's tails beyond the stock domain are kept instead of cut, a change far below 1e-6.
+    assert epsilon(history, delta=DELTA) == pytest.approx(fresh.get_epsilon(delta=DELTA, eps_error=0.01), rel=1e-6)
 
 
 def test_empty_history_spent_nothing() -> None:
