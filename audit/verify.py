@@ -13,7 +13,15 @@ from typing import Any
 
 from audit.trust import AuditInputError, TrustedKeys
 from common.crypto import keys
-from common.privacy.ledger import HEAD_FILE, LEDGER_FILE, LedgerError, canonical, read_entries, verify_entries
+from common.privacy.ledger import (
+    HEAD_FILE,
+    LEDGER_FILE,
+    LedgerError,
+    canonical,
+    parse_head,
+    read_entries,
+    verify_entries,
+)
 
 SERVER = "server"
 METRICS_FILE = "metrics.json"  # a run's summary; ``"dp": false`` marks a run without DP
@@ -199,7 +207,7 @@ def _check_head(path: Path, entries: list[dict[str, Any]], public_key: Any) -> l
     if not head_path.is_file():
         return []
     try:
-        head = json.loads(head_path.read_bytes())
+        head = parse_head(head_path.read_bytes())
         body = {k: head[k] for k in ("ledger", "seq", "hash")}
         signed = keys.verify(public_key, canonical(body), str(head["sig"]))
         seq = int(head["seq"])

@@ -24,6 +24,7 @@ variant alone) are printed with ratios to ``plain`` and written as JSON (--json)
     python -m benchmarks.dp_step_time --quick       # small sizes, a few minutes on a CPU, < 8 GB
     python -m benchmarks.dp_step_time               # full sizes (a GPU when present)
     python -m benchmarks.dp_step_time --family transformer-lora --modes ghost
+    python -m benchmarks.dp_step_time --quick --family transformer-full --batch 64   # a larger DP batch
 
 The transformer families need the minilm extra (MiniLM-L6 weights, offline).
 """
@@ -88,22 +89,25 @@ def _tagged(n: int, length: int):
                            tags=ENTITY_TAGS)  # fmt: skip
 
 
-def cases(quick: bool) -> Iterator[Case]:
+def cases(quick: bool, batch_size: int | None = None) -> Iterator[Case]:
+    """Every family at its size (``batch_size``: the same batch for all, instead of theirs)."""
     from common.models import ModelKind, ModelSpec
     from common.transformer import LoraSpec
 
     steps = 4 if quick else 16
-    batch = 64 if quick else 256
+    batch = batch_size or (64 if quick else 256)
     yield Case("mlp 784-256-128-10", "tabular", ModelSpec(ModelKind.MLP, (784,), 10, hidden=(256, 128)),
                _random((784,), 10, steps * batch), batch)  # fmt: skip
-    cnn_batch = 32 if quick else 128
+    cnn_batch = batch_size or (32 if quick else 128)
     yield Case("cnn GroupNorm 1x28x28 16-32", "cnn", ModelSpec(ModelKind.CNN, (1, 28, 28), 10, channels=(16, 32)),
                _random((1, 28, 28), 10, steps * cnn_batch), cnn_batch)  # fmt: skip
     side, width, res_batch = (32, 16, 16) if quick else (224, 64, 32)
+    res_batch = batch_size or res_batch
     yield Case(f"resnet-18 GroupNorm 3x{side}x{side} width {width}", "resnet",
                ModelSpec(ModelKind.RESNET, (3, side, side), 10, width=width),
                _random((3, side, side), 10, steps * res_batch), res_batch)  # fmt: skip
     length, text_batch = (32, 8) if quick else (128, 32)
+    text_batch = batch_size or text_batch
     notes = _notes(steps * text_batch, length)
     for family, lora in (("transformer-full", None), ("transformer-lora", LoraSpec(rank=8))):
         how = "LoRA r=8" if lora else "full fine-tune"
@@ -226,11 +230,13 @@ def _peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def worker(label: str, quick: bool, variants: list[str], repeats: int, memory_only: bool) -> dict[str, Any]:
+def worker(
+    label: str, quick: bool, variants: list[str], repeats: int, memory_only: bool, batch: int | None = None
+) -> dict[str, Any]:
     from common.evaluation import pick_device
 
     device = pick_device()
-    case = next(c for c in cases(quick) if c.label == label)
+    case = next(c for c in cases(quick, batch) if c.label == label)
     out: dict[str, Any] = {"variants": {}}
     alive = []
     for name in variants:  # warm-up: kernels, weights into memory, auto mode measured once
@@ -271,7 +277,8 @@ def worker(label: str, quick: bool, variants: list[str], repeats: int, memory_on
 def _run_worker(label: str, args: argparse.Namespace, variants: list[str], memory_only: bool) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.dp_step_time", "--worker", label, "--repeats", str(args.repeats),
                "--variants", "|".join(variants)] + (["--quick"] if args.quick else []) + (
-                   ["--memory-only"] if memory_only else [])  # fmt: skip
+                   ["--memory-only"] if memory_only else []) + (
+                   ["--batch", str(args.batch)] if args.batch else [])  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"variants": {v: {"failed": f"worker exited {done.returncode}: {done.stderr[-200:]}"} for v in variants}}
@@ -283,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="small sizes: minutes on a CPU, under 8 GB")
     parser.add_argument("--family", choices=FAMILIES, action="append", help="only these families (repeatable)")
+    parser.add_argument("--batch", type=int, help="one batch size for every family instead of each one's own")
     parser.add_argument("--modes", default=",".join(STOCK_MODES), help="stock Opacus modes to compare")
     parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/dp-step-time.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -290,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.quick, args.variants.split("|"), args.repeats, args.memory_only)))
+        variants = args.variants.split("|")
+        print(json.dumps(worker(args.worker, args.quick, variants, args.repeats, args.memory_only, args.batch)))
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in STOCK_MODES]
@@ -305,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'model':<40} {'variant':<38} {'step ms':>9} {'x plain':>8} {'samples/s':>10} {'setup ms':>9} {'peak GiB':>9}"
     )
     started = time.perf_counter()
-    for case in cases(args.quick):
+    for case in cases(args.quick, args.batch):
         if args.family and case.family not in args.family:
             continue
         measured = _run_worker(case.label, args, variants, memory_only=False)

@@ -11,12 +11,16 @@ Durability: an entry is written with one ``write`` on an ``O_APPEND`` descriptor
 describes only after it is on disk. A crash mid-write can only leave a torn *last* line;
 earlier entries are never rewritten.
 
-Fail closed: after every append the owner also writes a signed checkpoint of the chain head
-(``ledger.head``: the last seq and its hash). A ledger that is gone, emptied, cut short or
-rewritten below its checkpoint (or gone while the owner's key remains) does not open: the
-owner refuses to act until an operator restores it, so a lost ledger never lowers the
-recorded spend. Only a torn line *beyond* the checkpoint is a crash mid-write, whose release
-never happened; it is set aside (kept in ``ledger.jsonl.torn``).
+Fail closed: after every append the owner also appends a signed checkpoint of the chain head
+to ``ledger.head`` (one line each: the last seq and its hash; the newest complete line is the
+checkpoint, a torn last line is a crash mid-append and is skipped, a complete line that does
+not verify is refused). Appending costs one ``fsync``; the file is replaced atomically only
+when it is new, torn, in the older one-object form, or past :data:`HEAD_FILE_MAX` bytes. A
+ledger that is gone, emptied, cut short or rewritten below its checkpoint (or gone while the
+owner's key remains) does not open: the owner refuses to act until an operator restores it,
+so a lost ledger never lowers the recorded spend. Only a torn line *beyond* the checkpoint is
+a crash mid-write, whose release never happened; it is set aside (kept in
+``ledger.jsonl.torn``).
 """
 
 from __future__ import annotations
@@ -122,6 +126,27 @@ def verify_entries(
 
 LEDGER_FILE = "ledger.jsonl"
 HEAD_FILE = "ledger.head"
+HEAD_FILE_MAX = 1 << 20  # the head file is rewritten as one line beyond this size
+_HEAD_TAIL = 1 << 16  # bytes read from the end of a head file (a checkpoint line is ~200)
+
+
+def parse_head(data: bytes, *, partial_start: bool = False) -> dict[str, Any]:
+    """The newest checkpoint in (the tail of) a head file: its last complete line. A last line
+    with no newline is a torn append (a crash) and is skipped, unless it is the whole file (the
+    one-object form written before checkpoints were appended). ``partial_start``: ``data``
+    starts mid-file, so its first line is cut. Raises ValueError when there is none."""
+    lines = data.split(b"\n")
+    if partial_start:
+        lines = lines[1:]
+    if len(lines) > 1 or partial_start:
+        lines = lines[:-1]  # after the last newline: nothing, or a torn append
+    complete = [line for line in lines if line.strip()]
+    if not complete:
+        raise ValueError("no checkpoint")
+    head = json.loads(complete[-1])
+    if not isinstance(head, dict):
+        raise ValueError("not a checkpoint")
+    return head
 
 # What this process has already verified of each ledger: its bytes and their entries, keyed by
 # file and owner key. A ledger re-opened (every round) whose file still starts with those exact
@@ -180,6 +205,7 @@ class Ledger:
         self.entries: list[dict[str, Any]] = []
         self.recovered_tail = b""
         self._data = b""  # the file's verified bytes, as this handle last read or wrote them
+        self._head_appendable = False  # set by _read_head / _write_head
         checkpoint = self._read_head()
         if path.exists():
             self._load(checkpoint)
@@ -201,7 +227,13 @@ class Ledger:
         if not self.head_path.exists():
             return None
         try:
-            head = json.loads(self.head_path.read_bytes())
+            with open(self.head_path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - _HEAD_TAIL))
+                data = fh.read()
+            # appends may go on only after a clean, current-form file
+            self._head_appendable = data.endswith(b"\n") and size <= HEAD_FILE_MAX
+            head = parse_head(data, partial_start=size > _HEAD_TAIL)
             body = {k: head[k] for k in ("ledger", "seq", "hash")}
             ok = keys.verify(self._key.public_key(), canonical(body), str(head["sig"]))
         except (OSError, ValueError, KeyError, TypeError):
@@ -212,7 +244,19 @@ class Ledger:
 
     def _write_head(self) -> None:
         body = {"ledger": self.owner, "seq": len(self.entries) - 1, "hash": self.head}
-        data = canonical({**body, "sig": keys.sign(self._key, canonical(body))})
+        data = canonical({**body, "sig": keys.sign(self._key, canonical(body))}) + b"\n"
+        if self._head_appendable:
+            fd = os.open(self.head_path, os.O_WRONLY | os.O_APPEND)
+            try:
+                written = os.write(fd, data)
+                os.fsync(fd)
+                end = os.lseek(fd, 0, os.SEEK_END)
+            finally:
+                os.close(fd)
+            if written != len(data):
+                raise OSError(f"{self.head_path}: short write ({written} of {len(data)} bytes)")
+            self._head_appendable = end <= HEAD_FILE_MAX
+            return
         tmp = self.head_path.with_name(HEAD_FILE + ".tmp")
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -220,6 +264,7 @@ class Ledger:
             os.fsync(fh.fileno())
         os.replace(tmp, self.head_path)
         _fsync_dir(self.head_path.parent)
+        self._head_appendable = True
 
     @functools.cached_property
     def _cache_key(self) -> tuple[str, bytes]:

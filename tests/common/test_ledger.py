@@ -12,7 +12,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.crypto import keys
-from common.privacy.ledger import GENESIS, Ledger, LedgerError, canonical, entry_hash, read_entries, verify_entries
+from common.privacy.ledger import (
+    GENESIS,
+    Ledger,
+    LedgerError,
+    canonical,
+    entry_hash,
+    parse_head,
+    read_entries,
+    verify_entries,
+)
 
 
 def _ledger(tmp_path: Path, n: int = 5) -> tuple[Path, keys.Ed25519PrivateKey]:
@@ -250,11 +259,54 @@ def test_forged_head_is_refused(tmp_path: Path) -> None:
     paths = _party(tmp_path)
     _spend(paths, 2)
     head_path = paths.ledger.with_name("ledger.head")
-    head = json.loads(head_path.read_bytes())
+    original = head_path.read_bytes()
+    head = parse_head(original)
     head["seq"] = 0  # claim fewer entries, to hide the last one after cutting it
-    head_path.write_bytes(canonical(head))
-    with pytest.raises(LedgerError, match="not signed"):
+    # the forged checkpoint in place of the file, or appended as its newest complete line
+    for forged in (canonical(head), original + canonical(head) + b"\n"):
+        head_path.write_bytes(forged)
+        with pytest.raises(LedgerError, match="not signed"):
+            paths.open_ledger("site-0")
+
+
+def test_a_torn_checkpoint_append_is_a_crash_and_the_previous_checkpoint_holds(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 3)
+    head_path = paths.ledger.with_name("ledger.head")
+    with open(head_path, "ab") as fh:  # a crash mid-append of the next checkpoint
+        fh.write(b'{"hash":"ab12","ledger":"site-0","se')
+    assert len(paths.open_ledger("site-0").entries) == 3
+    assert parse_head(head_path.read_bytes())["seq"] == 2
+    _spend(paths, 1)  # the next checkpoint replaces the torn file instead of appending to it
+    assert b"se\n" not in head_path.read_bytes() and head_path.read_bytes().endswith(b"\n")
+    # and the checkpoints still catch a cut ledger afterwards
+    data = paths.ledger.read_bytes()
+    paths.ledger.write_bytes(data[: data.rindex(b"\n", 0, len(data) - 1) + 1])
+    with pytest.raises(LedgerError, match="signed head says 4"):
         paths.open_ledger("site-0")
+
+
+def test_a_one_object_head_from_before_is_read_and_then_appended_to(tmp_path: Path) -> None:
+    paths = _party(tmp_path)
+    _spend(paths, 2)
+    head_path = paths.ledger.with_name("ledger.head")
+    head_path.write_bytes(canonical(parse_head(head_path.read_bytes())))  # the older form: no newline
+    _spend(paths, 1)  # replaced by the current form ...
+    _spend(paths, 1)  # ... which is appended to
+    lines = head_path.read_bytes().splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [2, 3]
+
+
+def test_the_checkpoint_file_is_compacted_past_its_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import common.privacy.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "HEAD_FILE_MAX", 1000)
+    paths = _party(tmp_path)
+    _spend(paths, 12)
+    head_path = paths.ledger.with_name("ledger.head")
+    assert head_path.stat().st_size <= 1000 + 300
+    assert parse_head(head_path.read_bytes())["seq"] == 11
+    assert len(paths.open_ledger("site-0").entries) == 12
 
 
 def test_a_new_party_opens_and_reopens(tmp_path: Path) -> None:
