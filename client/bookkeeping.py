@@ -216,8 +216,12 @@ def _ghost_squared_norms(aa: torch.Tensor, gg: torch.Tensor, size: torch.Tensor,
     exact squared norm."""
     n = terms + aa.shape[1] * aa.shape[2] + 4
     gamma = 2 * n * _U64 / (1 - n * _U64)
-    exact_or_more = (aa * gg).sum(dim=(1, 2)).clamp(min=0) + gamma * size.double() ** 2
-    return exact_or_more.float()
+    return _raised((aa * gg).sum(dim=(1, 2)).clamp(min=0) + gamma * size.double() ** 2)
+
+
+def _raised(squared: torch.Tensor) -> torch.Tensor:
+    """float64 squared norms to float32, rounded up (a cast may round down by 2^-24)."""
+    return (squared * (1 + 2.0**-20)).float()
 
 
 def _finite(t: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
@@ -246,8 +250,8 @@ class _Matmul(_Part):
         if self.weight:
             if self.per_example is not None:
                 out += self.per_example.reshape(a.shape[0], -1).pow(2).sum(dim=1)
-            elif a.shape[1] == 1:  # one outer product: no cancellation
-                out += a[:, 0].pow(2).sum(dim=1) * g[:, 0].pow(2).sum(dim=1)
+            elif a.shape[1] == 1:  # one outer product: no cancellation; float64 so that no factor underflows
+                out += _raised(a[:, 0].double().pow(2).sum(dim=1) * g[:, 0].double().pow(2).sum(dim=1))
             else:
                 a64, g64 = a.double(), g.double()
                 self.size = (a64.norm(dim=2) * g64.norm(dim=2)).sum(dim=1).float()

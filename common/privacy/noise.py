@@ -32,6 +32,7 @@ only). The ledger records it and the audit reports the release as *not private*.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -39,9 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
 import torch
 
-MIN_CHUNK = 1 << 17  # coordinates per thread below which a thread costs more than it saves
+MIN_CHUNK = 1 << 15  # coordinates per thread below which a thread costs more than it saves (~50 us)
 _BLOCK = 1 << 18  # coordinates drawn and summed at a time inside a chunk (stays in cache)
 
 
@@ -75,16 +77,26 @@ class Randomness:
             return secrets.randbits(63)
         return _public_seed(self.public_seed, *purpose)
 
+    def _generator(self, device: torch.device | str, *purpose: object) -> torch.Generator:
+        """A generator for ``purpose``: from its public seed, or wholly secret (:func:`_reseed`)."""
+        generator = torch.Generator(device=device)
+        if self.public_seed is None:
+            return _reseed(generator)
+        return generator.manual_seed(_public_seed(self.public_seed, *purpose))
+
     def sampling_generator(self) -> torch.Generator:
         """The Poisson sampler's generator (CPU), independent of the noise generator."""
-        return torch.Generator().manual_seed(self._seed("sampling"))
+        return self._generator("cpu", "sampling")
 
     def noise_generator(self, device: torch.device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self._seed("noise", "init"))
+        return self._generator(device, "noise", "init")
 
     def reseed_noise(self, generator: torch.Generator, step: int) -> None:
-        """Before optimizer step ``step``: a fresh secret seed (or the step's public one)."""
-        generator.manual_seed(self._seed("noise", step))
+        """Before optimizer step ``step``: a fresh secret state (or the step's public seed)."""
+        if self.public_seed is None:
+            _reseed(generator)
+        else:
+            generator.manual_seed(_public_seed(self.public_seed, "noise", step))
 
     def step_noise(self, std: float, params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
         """Optimizer step ``step``'s noise, one tensor shaped like each of ``params``: every
@@ -94,13 +106,12 @@ class Randomness:
         total = sum(p.numel() for p in params)
         workers = min(torch.get_num_threads(), total // MIN_CHUNK)
         if self.public_seed is not None or device.type != "cpu" or not same or workers < 2:
-            generator = torch.Generator(device=device).manual_seed(self._seed("noise", step))
-            return four_draws_in_order(std, params, generator)
+            return four_draws_in_order(std, params, self._generator(device, "noise", step))
         return _four_draws_in_chunks(std, params, workers)
 
     def canary_generator(self) -> torch.Generator:
         """The audit canaries' Poisson sampler (CPU), independent of the other two."""
-        return torch.Generator().manual_seed(self._seed("canaries"))
+        return self._generator("cpu", "canaries")
 
     def dropout_seed(self) -> int:
         return self._seed("dropout")
@@ -111,6 +122,55 @@ class Randomness:
         if self.public_seed is not None:
             out["public_seed"] = self.public_seed
         return out
+
+
+# torch's CPU generator state (get_state / set_state: its CPUGeneratorImplStateLegacy): the
+# MT19937 seed (uint64) at 0, ``left`` (int32) at 8, ``seeded`` (int32) at 12, ``next`` (uint64)
+# at 16, then the 624 state words, each in a uint64 slot, from 24.
+_MT_WORDS = 624
+_MT_LEFT, _MT_NEXT, _MT_STATE = 8, 16, 24
+
+
+def _reseed(generator: torch.Generator) -> torch.Generator:
+    """Give ``generator`` a state no one else can compute, in place, and return it.
+
+    CPU: all 624 words of the MT19937 state from the operating system's CSPRNG (19,968 bits).
+    ``manual_seed`` is not enough there: torch keeps only the low 32 bits of a seed, so a
+    63-bit secret seed gave 2^32 possible noise streams, which an adversary can search in a few
+    core-hours and subtract (found in review). CUDA: Philox takes the whole 64-bit seed."""
+    if generator.device.type != "cpu":
+        return generator.manual_seed(secrets.randbits(64))
+    state = generator.get_state()
+    raw = state.numpy()
+    _check_layout(raw)
+    words = np.frombuffer(os.urandom(4 * _MT_WORDS), dtype="<u4").astype("<u8")
+    raw[_MT_STATE : _MT_STATE + 8 * _MT_WORDS] = words.view(np.uint8)
+    raw[_MT_LEFT : _MT_LEFT + 4] = np.array([1], dtype="<i4").view(np.uint8)  # twist before the first output
+    raw[_MT_NEXT : _MT_NEXT + 8] = 0
+    generator.set_state(state)
+    words_at = slice(_MT_STATE, _MT_STATE + 8 * _MT_WORDS)
+    if not torch.equal(generator.get_state()[words_at], state[words_at]):
+        raise RuntimeError("torch did not take the secret generator state")
+    return generator
+
+
+@functools.lru_cache(maxsize=1)
+def _layout_checked() -> bool:
+    """The state layout :func:`_reseed` writes, checked once against what ``manual_seed`` sets."""
+    seed = 0x9E3779B9
+    raw = torch.Generator().manual_seed(seed).get_state().numpy()
+    first = int(raw[_MT_STATE : _MT_STATE + 8].view("<u8")[0])
+    left = int(raw[_MT_LEFT : _MT_LEFT + 4].view("<i4")[0])
+    if raw.size < _MT_STATE + 8 * _MT_WORDS or first != seed or left != 1:
+        raise RuntimeError(
+            f"torch {torch.__version__}: unexpected CPU generator state layout; secret generators cannot be made"
+        )
+    return True
+
+
+def _check_layout(raw: np.ndarray) -> None:
+    if raw.dtype != np.uint8 or not _layout_checked():
+        raise RuntimeError("unexpected CPU generator state")
 
 
 def four_draws_in_order(std: float, params: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
@@ -155,7 +215,7 @@ def _four_draws_in_chunks(std: float, params: list[torch.Tensor], workers: int) 
     of its own seeded with fresh OS bits (torch's CPU generator draws on one core)."""
     flat = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype)
     bounds = [len(flat) * i // workers for i in range(workers + 1)]
-    generators = [torch.Generator().manual_seed(secrets.randbits(63)) for _ in range(workers)]
+    generators = [_reseed(torch.Generator()) for _ in range(workers)]
 
     def draw(i: int) -> None:
         _four_draws_into(flat[bounds[i] : bounds[i + 1]], std, generators[i])

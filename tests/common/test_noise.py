@@ -137,14 +137,49 @@ def test_the_auditor_regenerates_known_seed_noise() -> None:
 
 def test_sampling_and_noise_generators_are_independent() -> None:
     for randomness in (secret(), reproducible(0)):
-        sampling = randomness.sampling_generator().initial_seed()
+        sampling = randomness.sampling_generator()
         noise = randomness.noise_generator(CPU)
-        seeds = {sampling, noise.initial_seed()}
+        streams = [torch.rand(8, generator=sampling), torch.rand(8, generator=noise)]
         randomness.reseed_noise(noise, 0)
-        seeds.add(noise.initial_seed())
+        streams.append(torch.rand(8, generator=noise))
         randomness.reseed_noise(noise, 1)
-        seeds.add(noise.initial_seed())
-        assert len(seeds) == 4, f"{randomness.source}: generators share a seed"
+        streams.append(torch.rand(8, generator=noise))
+        assert len({tuple(x.tolist()) for x in streams}) == 4, f"{randomness.source}: generators share a stream"
+
+
+def test_secret_generators_are_not_in_the_32_bit_seed_space_torch_keeps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attack (found in review): torch's CPU generator keeps only the low 32 bits of a
+    ``manual_seed``, so noise drawn from a secret 63-bit seed has 2^32 possible streams; the
+    adversary enumerates seeds, matches the released noise and subtracts it (a few core-hours).
+    Here the adversary searches a 2^12 slice, and every 63-bit secret the code asks the OS for is
+    made to fall in that slice: the old code's generators are then found at once. Generators
+    whose whole MT19937 state is secret are in no seed's stream."""
+    from common.privacy import noise
+    from common.privacy.noise import _four_draws_in_chunks, four_draws_in_order
+
+    slice_size = 4096
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(
+        noise.secrets, "randbits", lambda bits: (int(rng.integers(1, 2**30)) << 32) | int(rng.integers(slice_size))
+    )
+    params = [torch.zeros(40)]
+    released = {
+        "step noise": secret().step_noise(1.0, params, 0)[0],
+        "a chunk of step noise": _four_draws_in_chunks(1.0, [torch.zeros(80)], workers=2)[0][:40],
+        "Poisson sampler": torch.rand(40, generator=secret().sampling_generator()),
+    }
+    for seed in range(slice_size):
+        candidate_noise = four_draws_in_order(1.0, params, torch.Generator().manual_seed(seed))[0]
+        candidate_chunk = torch.empty(40)
+        noise._four_draws_into(candidate_chunk, 1.0, torch.Generator().manual_seed(seed))
+        candidate_uniforms = torch.rand(40, generator=torch.Generator().manual_seed(seed))
+        found = {
+            "step noise": candidate_noise,
+            "a chunk of step noise": candidate_chunk,
+            "Poisson sampler": candidate_uniforms,
+        }
+        for what, value in found.items():
+            assert not torch.equal(value, released[what]), f"{what}: regenerated from seed {seed}"
 
 
 def test_noise_draws_are_not_correlated_with_the_sample() -> None:
