@@ -5,26 +5,26 @@ adversary. A seed derived from public values (the job's seed, the site id, the r
 anyone who sees an update regenerate the noise bit for bit and subtract it: epsilon is then
 infinite, whatever the accountant says.
 
-:attr:`NoiseSource.OS_ENTROPY` (the default): the Poisson sampler gets its own generator seeded
-with 64 bits from the operating system's CSPRNG (``secrets``) once per training call; the noise
-generator is re-seeded with fresh OS bits before every optimizer step (fedshield's own engine
-gives each step a generator of its own, seeded the same way), so no two steps share a
-generator state; and each noise coordinate is the sum of four Gaussian draws, halved (Opacus's
-secure mode, after Holohan & Braghin 2021, "Secure Random Sampling in Differential Privacy",
-Sec. 5.1, against floating-point attacks on a single Gaussian draw). The seeds are never logged,
-stored or sent. The two generators are independent: the noise says nothing about which records
-were sampled.
+:attr:`NoiseSource.OS_ENTROPY` (the default): every generator's state comes from the operating
+system's CSPRNG (:func:`_reseed`: on a CPU all 624 words of the MT19937 state, since torch's
+``manual_seed`` keeps only 32 bits of a seed; on a GPU a 64-bit Philox seed). The Poisson sampler
+gets its own once per training call; every optimizer step's noise is drawn from generators of
+its own, so no two steps share a generator state; and each noise coordinate is the sum of four
+Gaussian draws, halved (Opacus's secure mode, after Holohan & Braghin 2021, "Secure Random
+Sampling in Differential Privacy", Sec. 5.1, against floating-point attacks on a single
+Gaussian draw). Nothing secret is logged, stored or sent. The generators are independent: the
+noise says nothing about which records were sampled.
 
 :meth:`Randomness.step_noise` draws one optimizer step's noise for every trainable parameter.
-Secret noise on a CPU is cut into contiguous chunks, each drawn by a generator of its own seeded
-with fresh OS bits, on as many threads as torch computes with: torch's CPU generator draws on one
-core, so this is what makes the four-draw defence cost a quarter (two cores: a half) of its serial
-wall time, and nothing needs to be drawn ahead on a thread that would fight the step's own
-compute for the cores. Every coordinate is still the sum of four independent draws halved, and
-no two chunks or steps share a generator state. On a GPU (one generator, fast there) and for
-insecure reproducible noise, the parameters are drawn in order from one generator seeded for
-the step, bit for bit what Opacus's secure mode draws (so the audit can regenerate known-seed
-noise, :func:`audit.empirical.regenerated_noise`).
+Secret noise on a CPU is cut into contiguous chunks, each drawn by a secret generator of its
+own, on as many threads as torch computes with: torch's CPU generator draws on one core, so this
+is what makes the four-draw defence cost a quarter (two cores: a half) of its serial wall time,
+and nothing needs to be drawn ahead on a thread that would fight the step's own compute for the
+cores. Every coordinate is still the sum of four independent draws halved, and no two chunks or
+steps share a generator state. On a GPU (one generator, fast there) and for insecure
+reproducible noise, the parameters are drawn in order from one generator made for the step, bit
+for bit what Opacus's secure mode draws (so the audit can regenerate known-seed noise,
+:func:`audit.empirical.regenerated_noise`).
 
 :attr:`NoiseSource.INSECURE_REPRODUCIBLE`: seeds derived from a public seed (tests and papers
 only). The ledger records it and the audit reports the release as *not private*.
