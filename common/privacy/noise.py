@@ -134,12 +134,15 @@ _MT_LEFT, _MT_NEXT, _MT_STATE = 8, 16, 24
 def _reseed(generator: torch.Generator) -> torch.Generator:
     """Give ``generator`` a state no one else can compute, in place, and return it.
 
-    CPU: all 624 words of the MT19937 state from the operating system's CSPRNG (19,968 bits).
+    CPU: all 624 words of the MT19937 state from the operating system's CSPRNG (19,937 bits
+    used: MT19937 reads only the top bit of the first word), and no cached normal sample.
     ``manual_seed`` is not enough there: torch keeps only the low 32 bits of a seed, so a
     63-bit secret seed gave 2^32 possible noise streams, which an adversary can search in a few
-    core-hours and subtract (found in review). CUDA: Philox takes the whole 64-bit seed."""
+    core-hours and subtract (found in review). CUDA: Philox's 64-bit seed and its 64-bit counter
+    offset, both secret."""
     if generator.device.type != "cpu":
-        return generator.manual_seed(secrets.randbits(64))
+        # Philox: a 64-bit key and a 64-bit counter offset (a multiple of 4), both secret
+        return generator.manual_seed(secrets.randbits(64)).set_offset(4 * secrets.randbits(60))
     state = generator.get_state()
     raw = state.numpy()
     _check_layout(raw)
@@ -147,6 +150,7 @@ def _reseed(generator: torch.Generator) -> torch.Generator:
     raw[_MT_STATE : _MT_STATE + 8 * _MT_WORDS] = words.view(np.uint8)
     raw[_MT_LEFT : _MT_LEFT + 4] = np.array([1], dtype="<i4").view(np.uint8)  # twist before the first output
     raw[_MT_NEXT : _MT_NEXT + 8] = 0
+    raw[_MT_STATE + 8 * _MT_WORDS :] = 0  # no cached normal sample (Box-Muller's second value) carried over
     generator.set_state(state)
     words_at = slice(_MT_STATE, _MT_STATE + 8 * _MT_WORDS)
     if not torch.equal(generator.get_state()[words_at], state[words_at]):

@@ -210,3 +210,15 @@ def test_randomness_rejects_a_seed_for_secret_noise() -> None:
 
     with pytest.raises(ValueError, match="public seed"):
         Randomness(NoiseSource.OS_ENTROPY, public_seed=1)
+
+
+def test_a_reseeded_generator_keeps_no_cached_public_sample() -> None:
+    """torch caches Box-Muller's second value for small draws: a generator re-seeded in secret
+    must not hand out the cached value of its earlier, public state (found in review)."""
+    reference = torch.Generator().manual_seed(0)
+    torch.normal(0.0, 1.0, size=(1, 1), generator=reference)
+    cached = torch.normal(0.0, 1.0, size=(1, 1), generator=reference)  # Box-Muller's second value
+    generator = torch.Generator().manual_seed(0)
+    torch.normal(0.0, 1.0, size=(1, 1), generator=generator)
+    secret().reseed_noise(generator, 0)
+    assert not torch.equal(torch.normal(0.0, 1.0, size=(1, 1), generator=generator), cached)
