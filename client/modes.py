@@ -31,6 +31,12 @@ AUTO = GradSampleMode.AUTO.value
 CONCRETE = tuple(m.value for m in GradSampleMode if m is not GradSampleMode.AUTO)
 CACHE_FILE = "grad-sample-modes.json"
 _STEPS = 4
+# Opacus modes that hold every example's gradient at once (batch x trainable parameters): at a
+# site's batch they can need more memory than the machine has (MiniLM-L6 at batch 64: 5.8 GB per
+# copy, and a CPU out of memory kills the site's process instead of raising). Such a mode is not
+# measured, and not a candidate, when that would take more than this share of the free memory.
+PER_EXAMPLE_MODES = ("hooks", "functorch", "ew")
+MEMORY_SHARE = 0.25
 
 
 def cache_path() -> Path:
@@ -76,7 +82,12 @@ def measure(model: nn.Module, data, batch_size: int, device: torch.device, task=
     n = min(len(data), batch_size)
     sample = data.subset(np.arange(n))
     out: dict[str, float | None] = {}
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    free = _free_memory(device)
     for mode in CONCRETE:
+        if mode in PER_EXAMPLE_MODES and 2 * n * trainable > MEMORY_SHARE * free:
+            out[mode] = None  # would hold n copies of the gradient (and Opacus makes a second)
+            continue
         privacy = PrivacyPlan(1.0, 1.0, mode)
         times = []
         try:
@@ -90,6 +101,15 @@ def measure(model: nn.Module, data, batch_size: int, device: torch.device, task=
             continue
         out[mode] = max(times[1] - times[0], 1e-9) / _STEPS
     return out
+
+
+def _free_memory(device: torch.device) -> float:
+    """Bytes free where the model trains."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return float(psutil.virtual_memory().available)
 
 
 def choose(model: nn.Module, data, batch_size: int, device: torch.device, task=None) -> str:

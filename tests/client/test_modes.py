@@ -61,3 +61,17 @@ def test_auto_trains_like_the_mode_it_chose() -> None:
     for a, b in zip(auto.weights, fixed.weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert auto.event == fixed.event
+
+
+def test_modes_that_would_hold_every_example_gradient_beyond_memory_are_not_tried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A site's process must not be killed by the measurement itself: at MiniLM-L6's batch of 64
+    the per-example modes need 5.8 GB per gradient copy, and a CPU out of memory kills the process
+    (seen in the benchmark). With little memory free only the modes without them are tried."""
+    model = build_model(ModelSpec(ModelKind.MLP, (10,), 2, hidden=(8,)), seed=0)
+    trainable = sum(p.numel() * 4 for p in model.parameters())
+    monkeypatch.setattr(modes, "_free_memory", lambda _device: 64 * trainable)  # a quarter: 16 gradients, not 2 x 16
+    timings = modes.measure(model, _data(), 16, torch.device("cpu"))
+    assert all(timings[m] is None for m in modes.PER_EXAMPLE_MODES)
+    assert timings["bk"] is not None and timings["ghost"] is not None
