@@ -301,7 +301,7 @@ def _seed_dropout(seed: int, device: torch.device) -> None:
 
 @contextmanager
 def _closing(step: _BookKeepingStep | None) -> Iterator[None]:
-    """The engine's hooks and noise thread are gone when training ends, however it ends."""
+    """The engine's hooks are gone when training ends, however it ends."""
     try:
         yield
     finally:
