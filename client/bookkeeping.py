@@ -208,15 +208,17 @@ def use_ghost_norms(tokens: int, d_in: int, d_out: int) -> bool:
     return tokens * (d_in + d_out) < d_in * d_out
 
 
-def _ghost_squared_norms(aa: torch.Tensor, gg: torch.Tensor, size: torch.Tensor, terms: int) -> torch.Tensor:
-    """``sum_{t,s} aa_ts gg_ts`` per example (float64 Gram matrices of float32 inputs), raised by
-    a bound on its rounding error: the dot products of length ``terms`` and the sum of their
-    T^2 products err by at most ``gamma_n`` times the sum of absolute terms, which is at most
-    ``size^2`` (Cauchy-Schwarz); doubled for the float64 products themselves. Never below the
-    exact squared norm."""
+def _ghost_squared_norms(aa: torch.Tensor, gg: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared norms, sizes) per example from the float64 Gram matrices of its positions' inputs
+    ``aa`` and output gradients ``gg``: ``sum_{t,s} aa_ts gg_ts``, raised by a bound on its
+    rounding error (the dot products of length ``terms`` and the sum of their T^2 products err
+    by at most ``gamma_n`` times the sum of absolute terms, which is at most ``size^2`` by
+    Cauchy-Schwarz; doubled for the float64 products themselves), never below the exact squared
+    norm; and ``size = sum_t ||a_t|| ||g_t||``, read off the Grams' diagonals."""
+    size = (aa.diagonal(dim1=1, dim2=2).sqrt() * gg.diagonal(dim1=1, dim2=2).sqrt()).sum(dim=1)
     n = terms + aa.shape[1] * aa.shape[2] + 4
     gamma = 2 * n * _U64 / (1 - n * _U64)
-    return _raised((aa * gg).sum(dim=(1, 2)).clamp(min=0) + gamma * size.double() ** 2)
+    return _raised((aa * gg).sum(dim=(1, 2)).clamp(min=0) + gamma * size**2), size.float()
 
 
 def _raised(squared: torch.Tensor) -> torch.Tensor:
@@ -254,9 +256,9 @@ class _Matmul(_Part):
                 out += _raised(a[:, 0].double().pow(2).sum(dim=1) * g[:, 0].double().pow(2).sum(dim=1))
             else:
                 a64, g64 = a.double(), g.double()
-                self.size = (a64.norm(dim=2) * g64.norm(dim=2)).sum(dim=1).float()
                 aa, gg = torch.bmm(a64, a64.transpose(1, 2)), torch.bmm(g64, g64.transpose(1, 2))
-                out += _ghost_squared_norms(aa, gg, self.size, a.shape[2] + g.shape[2])
+                squared, self.size = _ghost_squared_norms(aa, gg, a.shape[2] + g.shape[2])
+                out += squared
         if self.bias_per_example is not None:
             out += self.bias_per_example.pow(2).sum(dim=1)
         return out
@@ -302,9 +304,9 @@ class _Embedding(_Part):
 
     def squared_norms(self) -> torch.Tensor:
         ids, g64 = self.a, self.g.double()
-        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(torch.float64)
-        self.size = g64.norm(dim=2).sum(dim=1).float()
-        return _ghost_squared_norms(same, torch.bmm(g64, g64.transpose(1, 2)), self.size, g64.shape[2])
+        same = (ids.unsqueeze(2) == ids.unsqueeze(1)).to(torch.float64)  # one-hot inputs' Gram matrix
+        squared, self.size = _ghost_squared_norms(same, torch.bmm(g64, g64.transpose(1, 2)), g64.shape[2])
+        return squared
 
     def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
         weight = self.module.weight
