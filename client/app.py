@@ -26,6 +26,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client import last_update
 from client.budget import Budget, decide
 from client.canaries import CanaryPlan, archive_round, input_records, site_plan
 from client.dp_trainer import LocalPlan, PrivacyPlan, get_weights, sampling, train_local
@@ -287,25 +288,23 @@ def _site_report(site: str, entry: dict) -> ConfigRecord:
 
 
 def _resend(msg: Message, paths: SitePaths, entry: dict, site_id: int, site: str) -> Message:
-    saved = torch.load(paths.last_update, weights_only=True) if paths.last_update.exists() else None
-    if saved is not None:
-        saved["weights"] = [w.numpy() for w in saved["weights"]]
+    saved = last_update.load(paths.last_update)
     if (
         saved is None
-        or (saved["job"], saved["round"]) != (entry["job"], entry["round"])
-        or arrays_sha256(zip(saved["names"], saved["weights"], strict=True)) != entry["update_sha256"]
+        or (saved.job, saved.round) != (entry["job"], entry["round"])
+        or arrays_sha256(zip(saved.names, saved.weights, strict=True)) != entry["update_sha256"]
     ):
         reason = (
             f"already released an update for job {entry['job']} round {entry['round']}; "
             "it is no longer stored, and training again would spend budget twice"
         )
         return _refusal(msg, site_id, site, reason, float(entry["epsilon"] or 0.0))
-    arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(saved["names"], saved["weights"], strict=True)})
+    arrays = ArrayRecord({k: torch.as_tensor(w.copy()) for k, w in zip(saved.names, saved.weights, strict=True)})
     return Message(
         RecordDict(
             {
                 rk.ARRAYS: arrays,
-                rk.METRICS: MetricRecord({**saved["metrics"], rk.RESENT: 1}),
+                rk.METRICS: MetricRecord({**saved.metrics, rk.RESENT: 1}),
                 rk.SITE_REPORT: _site_report(site, entry),
             }
         ),
@@ -559,16 +558,7 @@ def _train_locked(
     if canaries is not None:  # for the site's own empirical audit: kept at the site, never sent
         archive_round(paths.root, job, server_round, names, received, result.weights)
     arrays = ArrayRecord({k: torch.as_tensor(w) for k, w in zip(names, result.weights, strict=True)})
-    torch.save(
-        {
-            "job": job,
-            "round": server_round,
-            "names": names,
-            "weights": [torch.as_tensor(w) for w in result.weights],
-            "metrics": metrics,
-        },
-        paths.last_update,
-    )
+    last_update.save(paths.last_update, last_update.LastUpdate(job, server_round, names, result.weights, metrics))
     profiling.lap("save update")
     reply = Message(
         RecordDict({rk.ARRAYS: arrays, rk.METRICS: MetricRecord(metrics), rk.SITE_REPORT: _site_report(site, entry)}),

@@ -32,7 +32,7 @@ from common.crypto import keys
 from common.privacy.accounting import DpSgdEvent
 from common.privacy.ledger import PartyPaths
 
-LAST_UPDATE_FILE = "last-update.pt"
+LAST_UPDATE_FILE = "last-update.bin"
 KEY_FILE = "site.key"
 LOCK_FILE = "ledger.lock"
 DP_SGD = "dp-sgd-poisson-gaussian"

@@ -148,6 +148,7 @@ def parse_head(data: bytes, *, partial_start: bool = False) -> dict[str, Any]:
         raise ValueError("not a checkpoint")
     return head
 
+
 # What this process has already verified of each ledger: its bytes and their entries, keyed by
 # file and owner key. A ledger re-opened (every round) whose file still starts with those exact
 # bytes has only its new lines parsed and their signatures checked; any other change (a line

@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import handle_train
+from client.site_ledger import LAST_UPDATE_FILE
 from common import records as rk
 from common.federation import model_spec
 from common.models import build_model
@@ -95,7 +96,13 @@ def test_round_asked_again_resends_the_same_update_without_spending(tmp_path: Pa
     assert again.content[rk.METRICS][rk.EPSILON] == first.content[rk.METRICS][rk.EPSILON]
     entries = read_entries(tmp_path / "sites" / "site-1" / "ledger.jsonl").entries
     assert [e["kind"] for e in entries] == ["reserve", "train"]  # no second spend
-    (tmp_path / "sites" / "site-1" / "last-update.pt").unlink()
+    saved = tmp_path / "sites" / "site-1" / LAST_UPDATE_FILE
+    data = bytearray(saved.read_bytes())
+    data[-1] ^= 0x40  # an altered weight: not what the ledger says was released
+    saved.write_bytes(bytes(data))
+    altered = handle_train(_train_msg(cfg, 1), _context(), cfg)
+    assert altered.content[rk.METRICS][rk.REFUSED] == 1 and rk.ARRAYS not in altered.content
+    saved.unlink()
     lost = handle_train(_train_msg(cfg, 1), _context(), cfg)
     assert lost.content[rk.METRICS][rk.REFUSED] == 1
     assert "training again would spend budget twice" in str(lost.content[rk.REFUSAL][rk.REASON])
@@ -175,7 +182,7 @@ def test_a_deployed_site_refuses_a_simulated_fault(tmp_path: Path) -> None:
     reply = handle_train(_train_msg(cfg, 1), _deployed_context(tmp_path), cfg)
     assert reply.content[rk.METRICS][rk.REFUSED] == 1
     assert "never runs one" in str(reply.content[rk.REFUSAL][rk.REASON])
-    assert not (tmp_path / "st-marys" / "last-update.pt").exists()
+    assert not (tmp_path / "st-marys" / LAST_UPDATE_FILE).exists()
 
 
 def test_audit_canaries_stay_at_the_site_and_the_archive_is_the_release(tmp_path: Path) -> None:

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from audit.cli import run_audit
+from client import last_update
+from client.site_ledger import LAST_UPDATE_FILE
 from common.privacy.ledger import read_entries
 from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
@@ -26,8 +28,9 @@ def _run(out: Path, **changes) -> dict:
 
 
 def _released(out: Path, site: int) -> tuple[list[np.ndarray], int, int]:
-    saved = torch.load(out / "sites" / f"site-{site}" / "last-update.pt", weights_only=False)
-    return saved["weights"], int(saved["metrics"]["num-examples"]), saved["round"]
+    saved = last_update.load(out / "sites" / f"site-{site}" / LAST_UPDATE_FILE)
+    assert saved is not None
+    return saved.weights, int(saved.metrics["num-examples"]), saved.round
 
 
 def _server_rounds(out: Path) -> list[dict]:
