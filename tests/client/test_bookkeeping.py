@@ -85,6 +85,40 @@ def test_clipped_sum_equals_brute_force(make, ghost: bool, monkeypatch: pytest.M
     assert not any(m._forward_hooks for m in model.modules())
 
 
+class _OddConv(nn.Module):
+    """One Conv2d with a non-square kernel, unequal strides, paddings and dilations."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), dilation=(1, 2), bias=bias)
+        self.head = nn.Linear(3 * 4 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.conv(x)).flatten(1))
+
+
+@pytest.mark.parametrize("ghost", [True, False], ids=["ghost-norms", "grouped-convolution"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_example_gradients_equal_brute_force_for_any_geometry(
+    ghost: bool, bias: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The grouped convolution (batch as groups) gives each record's own gradient: no record's
+    gradient leaks into another's clip factor, whatever the kernel, stride, padding, dilation."""
+    monkeypatch.setattr(bookkeeping, "use_ghost_norms", lambda *_: ghost)
+    torch.manual_seed(3)
+    model = _OddConv(bias)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand((9, 2, 8, 8), generator=g) * 3, torch.randint(0, 3, (9,), generator=g)
+    bound = 0.05
+    expected = _brute_force(model, x, y, bound)
+    engine = BookKeeping(model, bound)
+    factors = engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    assert (factors < 1).all()
+    for p, e in zip(engine.params, expected, strict=True):
+        torch.testing.assert_close(p.summed_grad, e, atol=1e-6, rtol=1e-4)
+    engine.close()
+
+
 def test_a_crafted_model_gets_no_more_than_the_bound_from_any_record() -> None:
     """A curious server scales the weights so that one record's gradient is enormous: what that
     record adds to the sum is still at most the clipping bound."""
