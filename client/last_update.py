@@ -73,5 +73,5 @@ def load(path: Path) -> LastUpdate | None:
         if at != len(body):
             return None
         return LastUpdate(str(header["job"]), int(header["round"]), names, weights, dict(header["metrics"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
         return None

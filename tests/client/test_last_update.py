@@ -35,8 +35,12 @@ def test_an_update_reads_back_bit_for_bit(tmp_path: Path) -> None:
         lambda data: b"not json\n" + data,
         lambda data: data.replace(b'"<f4"', b'"|O8"', 1),  # an object array would unpickle
         lambda data: b"",
+        lambda data: data.replace(b'"shape": [3, 4]', b'"shape": [1e999, 4]', 1),
+        lambda data: data.replace(b'"shape": [3, 4]', b'"shape": [1180591620717411303424, 4]', 1),
+        lambda data: data.replace(b'"round": 3', b'"round": 1e999', 1),
+        lambda data: b"[" * 100_000 + b"\n" + data,
     ],
-    ids=["torn", "trailing", "header", "object-dtype", "empty"],
+    ids=["torn", "trailing", "header", "object-dtype", "empty", "inf-shape", "huge-shape", "inf-round", "deep"],
 )
 def test_a_damaged_file_is_no_update(tmp_path: Path, damage) -> None:
     path = tmp_path / "last"
