@@ -192,18 +192,51 @@ def _truncated_mean(q: float, sigma: float, t_min: float, t_max: float) -> float
     return mean
 
 
+# Where Opacus's CDF formula gives exactly 1.0: erfc's first argument at least this, so that
+# 1 - cdf <= erfc(6.5) / 2 < 2e-20, far below half an ulp of 1.0 (2^-54, about 5.6e-17).
+_SATURATED_ARG = 6.5
+
+
+def _subsampled_gaussian_cdf(q: float, sigma: float, t: np.ndarray) -> np.ndarray:
+    """``PoissonSubsampledGaussianPRV(q, sigma).cdf(t)`` of Opacus, the same operations on the
+    same values, evaluated only where it is neither 0 (``t <= log(1 - q)``, where Opacus returns
+    0.0) nor exactly 1.0 (beyond :data:`_SATURATED_ARG`): on a PRV domain most cell edges are in
+    one of the two, and ``erfc`` there was most of a fresh epsilon's time."""
+    from opacus.accountants.analysis.prv.prvs import SQRT2
+
+    low = np.log(1 - q)
+    z_one = (_SATURATED_ARG * 2 * SQRT2 * sigma + 1) / (2 * sigma**2)
+    t_one = np.logaddexp(z_one + math.log(q), low)  # log(q e^z + 1 - q): where z reaches z_one
+    out = np.where(t >= t_one, 1.0, 0.0)
+    band = (t > low) & (t < t_one)
+    tb = t[band]
+    z = np.log((np.exp(tb) + q - 1) / q)
+    out[band] = (
+        -q * special.erfc((2 * z * sigma**2 - 1) / (2 * SQRT2 * sigma)) / 2
+        - (1 - q) * special.erfc((2 * z * sigma**2 + 1) / (2 * SQRT2 * sigma)) / 2
+        + 1.0
+    )
+    return out
+
+
+def _truncated_cdf(q: float, sigma: float, domain, t: np.ndarray) -> np.ndarray:
+    """``TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), t_min, t_max).cdf(t)``
+    of Opacus on ``domain``'s ends, with the inner CDF from :func:`_subsampled_gaussian_cdf`."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable
+
+    prv = PoissonSubsampledGaussianPRV(q, sigma)
+    tprv = TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max)
+    inside = (_subsampled_gaussian_cdf(q, sigma, t) - prv.cdf(tprv.t_min)) / tprv._remaining_mass
+    return np.where(t < tprv.t_min, 0.0, np.where(t < tprv.t_max, inside, 1.0))
+
+
 def _discretize(q: float, sigma: float, domain):  # -> DiscretePRV
     """Opacus's ``discretize`` of the truncated PRV on ``domain`` (mean-preserving shift)."""
-    from opacus.accountants.analysis.prv import (
-        DiscretePRV,
-        PoissonSubsampledGaussianPRV,
-        TruncatedPrivacyRandomVariable,
-    )
+    from opacus.accountants.analysis.prv import DiscretePRV
 
-    tprv = TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max)
     ts = domain.ts
     # The CDF once at every cell edge (Opacus evaluates it at both edges of every cell: twice).
-    pmf = np.diff(tprv.cdf(np.append(ts - domain.dt / 2, ts[-1] + domain.dt / 2)))
+    pmf = np.diff(_truncated_cdf(q, sigma, domain, np.append(ts - domain.dt / 2, ts[-1] + domain.dt / 2)))
     shift = _truncated_mean(q, sigma, domain.t_min, domain.t_max) - np.dot(ts, pmf)
     if np.abs(shift) >= domain.dt / 2:
         raise RuntimeError("Discrete mean differs significantly from continuous mean.")

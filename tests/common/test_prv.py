@@ -41,3 +41,24 @@ def test_memoised_epsilon_is_the_fresh_computation() -> None:
     # a different history, delta or error is a different value, never a stale one
     assert prv.prv_epsilon(((1.1, 0.3, 13), (0.9, 0.3, 5)), 1e-5, 0.01) > first
     assert prv.prv_epsilon(history, 1e-6, 0.01) > first
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.one_of(st.floats(1e-5, 0.999), st.sampled_from([1.0, 1 / 60_000, 0.5])),
+    sigma=st.floats(0.2, 30.0),
+    size=st.floats(1.0, 40.0),
+    mesh=st.sampled_from([2e-3, 7e-4, 3e-4]),
+)
+def test_truncated_cdf_is_opacus_bit_for_bit(q: float, sigma: float, size: float, mesh: float) -> None:
+    """The CDF skipped where it is 0 or exactly 1 (common.privacy.prv._subsampled_gaussian_cdf)
+    gives at every cell edge the very value Opacus's truncated PRV gives, so the same pmf."""
+    from opacus.accountants.analysis.prv import Domain, PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable
+
+    domain = prv._fast_fourier_domain(Domain.create_aligned(-size, size, mesh))
+    edges = np.append(domain.ts - domain.dt / 2, domain.ts[-1] + domain.dt / 2)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        tprv = TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max)
+        expected = tprv.cdf(edges)
+        got = prv._truncated_cdf(q, sigma, domain, edges)
+    assert np.array_equal(got, expected, equal_nan=True)
