@@ -40,6 +40,11 @@ PER_EXAMPLE_MODES = ("hooks", "functorch", "ew")
 MEMORY_SHARE = 0.25
 
 
+# The choices this process has read or made, by cache file and shape key (a speed choice only:
+# every mode clips and noises the same way, so a stale entry costs time, never privacy).
+_chosen: dict[tuple[str, str], str] = {}
+
+
 def cache_path() -> Path:
     return Path(os.environ.get("FEDSHIELD_CACHE") or Path.home() / ".cache" / "fedshield") / CACHE_FILE
 
@@ -126,15 +131,20 @@ def _free_memory(device: torch.device) -> float:
 def choose(model: nn.Module, data, batch_size: int, device: torch.device, task=None) -> str:
     """The fastest working mode for this model shape (measured once, then read from the cache)."""
     key = shape_key(model, batch_size, device)
+    memo = (str(cache_path()), key)
+    if memo in _chosen:  # this process read or measured it already: no file read per round
+        return _chosen[memo]
     entries = _read()
     known = entries.get(key, {}).get("mode")
     if known in CONCRETE:
+        _chosen[memo] = str(known)
         return str(known)
     timings = measure(model, data, batch_size, device, task)
     working = {m: t for m, t in timings.items() if t is not None}
     if not working:
         raise ValueError(f"no grad-sample mode ({', '.join(CONCRETE)}) works for this model")
     mode = min(working, key=working.__getitem__)
+    _chosen[memo] = mode
     entries = _read()
     entries[key] = {"mode": mode, "seconds_per_step": timings}
     _write(entries)
