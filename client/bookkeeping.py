@@ -254,8 +254,8 @@ class _Matmul(_Part):
         t, d_in, d_out = a.shape[1], a.shape[2], g.shape[2]
         self.bias = module.bias is not None and module.bias.requires_grad
         self.weight = module.weight.requires_grad
-        self.ghost = use_ghost_norms(t, d_in, d_out)
-        self.per_example = None if self.ghost or not self.weight else torch.bmm(g.transpose(1, 2), a)
+        ghost = use_ghost_norms(t, d_in, d_out)
+        self.per_example = None if ghost or not self.weight else torch.bmm(g.transpose(1, 2), a)
         self.bias_per_example = g.sum(dim=1) if self.bias else None
 
     def squared_norms(self) -> torch.Tensor:
@@ -312,7 +312,7 @@ class _Conv(_Matmul):
             return
         _Part.__init__(self, module, a, g)
         self.bias = m.bias is not None and m.bias.requires_grad
-        self.weight, self.ghost = True, False
+        self.weight = True
         grouped = conv2d_weight(
             a.reshape(1, b * m.in_channels, *a.shape[2:]),
             (b * d_out, m.in_channels, *m.kernel_size),

@@ -222,12 +222,13 @@ def _subsampled_gaussian_cdf(q: float, sigma: float, t: np.ndarray) -> np.ndarra
 def _truncated_cdf(q: float, sigma: float, domain, t: np.ndarray) -> np.ndarray:
     """``TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), t_min, t_max).cdf(t)``
     of Opacus on ``domain``'s ends, with the inner CDF from :func:`_subsampled_gaussian_cdf`."""
-    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV
 
     prv = PoissonSubsampledGaussianPRV(q, sigma)
-    tprv = TruncatedPrivacyRandomVariable(prv, domain.t_min, domain.t_max)
-    inside = (_subsampled_gaussian_cdf(q, sigma, t) - prv.cdf(tprv.t_min)) / tprv._remaining_mass
-    return np.where(t < tprv.t_min, 0.0, np.where(t < tprv.t_max, inside, 1.0))
+    low = prv.cdf(domain.t_min)
+    mass = prv.cdf(domain.t_max) - low  # Opacus's _remaining_mass, the same subtraction
+    inside = (_subsampled_gaussian_cdf(q, sigma, t) - low) / mass
+    return np.where(t < domain.t_min, 0.0, np.where(t < domain.t_max, inside, 1.0))
 
 
 def _discretize(q: float, sigma: float, domain):  # -> DiscretePRV
