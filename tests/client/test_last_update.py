@@ -51,3 +51,18 @@ def test_a_damaged_file_is_no_update(tmp_path: Path, damage) -> None:
 
 def test_a_missing_file_is_no_update(tmp_path: Path) -> None:
     assert last_update.load(tmp_path / "absent") is None
+
+
+def test_a_smaller_update_written_over_a_larger_one_reads_back_alone(tmp_path: Path) -> None:
+    """The file is overwritten in place (no truncation to zero): nothing of the older, larger
+    update may remain after the newer one."""
+    path = tmp_path / "last"
+    large = LastUpdate("job-long-name", 12, ["w"], [np.ones((50, 50), np.float32)], {"epsilon": 0.25})
+    last_update.save(path, large)
+    last_update.save(path, _update())
+    back = last_update.load(path)
+    assert back is not None and back.job == "job-1" and back.names == ["w", "empty", "b"]
+    assert path.stat().st_size < 2500 * 4
+    last_update.save(path, large)
+    again = last_update.load(path)
+    assert again is not None and np.array_equal(again.weights[0], large.weights[0])
