@@ -70,9 +70,9 @@ def _random(shape: tuple[int, ...], classes: int, n: int):
 
 
 def _notes(n: int, length: int):
+    from common.models.transformer import load_tokenizer
     from common.notes import DEPARTMENTS, synthetic_notes
     from common.text_loaders import TextTable, text_dataset
-    from common.transformer import load_tokenizer
 
     table = synthetic_notes(n, seed=0)
     long_texts = [" ".join([t] * 4) for t in table.texts]  # long enough to fill the length
@@ -83,7 +83,7 @@ def _notes(n: int, length: int):
 def _tagged(n: int, length: int):
     from common.data.entities import ENTITY_TAGS, synthetic_entity_notes
     from common.data.tagged import tokenize_tagged
-    from common.transformer import load_tokenizer
+    from common.models.transformer import load_tokenizer
 
     return tokenize_tagged(synthetic_entity_notes(n, seed=0), load_tokenizer("minilm"), max_length=length,
                            tags=ENTITY_TAGS)  # fmt: skip
@@ -92,7 +92,7 @@ def _tagged(n: int, length: int):
 def cases(quick: bool, batch_size: int | None = None) -> Iterator[Case]:
     """Every family at its size (``batch_size``: the same batch for all, instead of theirs)."""
     from common.models import ModelKind, ModelSpec
-    from common.transformer import LoraSpec
+    from common.models.transformer import LoraSpec
 
     steps = 4 if quick else 16
     batch = batch_size or (64 if quick else 256)

@@ -251,9 +251,9 @@ def _model_template(cfg: RunConfig) -> torch.nn.Module:
 
 def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
     """A fresh copy of the job's model holding the server's weights."""
-    import copy
+    from common.models.clone import clone
 
-    model = copy.deepcopy(_model_template(cfg))
+    model = clone(_model_template(cfg))
     load_exchanged(model, msg.content[rk.ARRAYS].to_torch_state_dict())
     return model
 

@@ -149,9 +149,9 @@ def train_local(
     their records in ``canary_records``).
     """
     device = device or pick_device()
-    import copy
+    from common.models.clone import clone
 
-    model = (model if own_model else copy.deepcopy(model)).to(device)
+    model = (model if own_model else clone(model)).to(device)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     global_params = [p.detach().clone() for p in _params(model)]
     sample_rate, steps = sampling(len(data), plan)

@@ -32,9 +32,9 @@ from common.data.sources import load_source, source, table_schema
 from common.dataset import Dataset, Modality, stratified_split
 from common.errors import ConfigError, DataError
 from common.models import MODEL_FAMILIES, ModelKind, ModelSpec
+from common.models.transformer import LoraSpec
 from common.partition import PartitionKind, PartitionSpec, partition
 from common.tasks import TASKS, Task, task_for
-from common.transformer import LoraSpec
 
 
 @dataclass(frozen=True)

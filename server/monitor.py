@@ -414,8 +414,8 @@ def text_scorer(run_dir: str | Path, negative_label: str = "negative") -> Callab
     from common.config import TaskKind
     from common.data.sources import source
     from common.dataset import Modality
+    from common.models.transformer import load_tokenizer
     from common.text_loaders import tokenize
-    from common.transformer import load_tokenizer
     from server.predict import _classes, run_config, trained_model
 
     cfg = run_config(run_dir)

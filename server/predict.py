@@ -28,11 +28,11 @@ from common.evaluation import pick_device
 from common.federation import class_names, job_task, model_spec
 from common.loaders import _images_to_chw, read_csv_rows, require_file, table_from_rows
 from common.models import build_model, load_exchanged
+from common.models.transformer import load_tokenizer
 from common.tasks import Task, pooled
 from common.tasks.binary_risk import BinaryRisk
 from common.tasks.token_classification import TokenClassification, word_tags
 from common.text_loaders import read_text_table, text_dataset
-from common.transformer import load_tokenizer
 from server.report import CONFIG_FILE, METRICS_FILE, MODEL_FILE
 
 

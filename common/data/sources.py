@@ -23,9 +23,9 @@ from common.data.tagged import TaggedTable, read_tagged, tokenize_tagged
 from common.dataset import Dataset, Modality
 from common.errors import ConfigError
 from common.loaders import load_csv, load_image_folder, load_npz, load_sklearn
+from common.models.transformer import load_tokenizer
 from common.notes import DEPARTMENTS, synthetic_notes
 from common.text_loaders import TextTable, read_text_table, text_dataset
-from common.transformer import load_tokenizer
 
 # (pool, test): test is None when the source has no split of its own.
 Loaded = tuple[Dataset, Dataset | None]

@@ -173,9 +173,9 @@ def test_dropout_is_seeded_too(tmp_path) -> None:
     so a site's round is reproducible from its seed (and the caller's generator is untouched)."""
     from conftest import write_tiny_text_model
 
+    from common.models.transformer import load_tokenizer
     from common.notes import synthetic_notes
     from common.text_loaders import text_dataset
-    from common.transformer import load_tokenizer
 
     folder = write_tiny_text_model(tmp_path / "bert", dropout=0.3)
     data = text_dataset(synthetic_notes(24, seed=0), load_tokenizer(str(folder)), max_length=32)

@@ -22,10 +22,10 @@ from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, train_l
 from common.dataset import Dataset, Modality
 from common.evaluation import pick_device
 from common.models import ModelKind, ModelSpec, build_model, exchanged_keys
+from common.models.transformer import LoraSpec, load_tokenizer
 from common.notes import synthetic_notes
 from common.privacy.noise import reproducible
 from common.text_loaders import text_dataset
-from common.transformer import LoraSpec, load_tokenizer
 
 DEVICE = pick_device()
 MODES = GRAD_SAMPLE_MODES  # hooks, functorch, ew, ghost, bk (fedshield book-keeping), auto

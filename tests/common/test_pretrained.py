@@ -20,8 +20,8 @@ from common.models import (
     exchanged_state,
     load_exchanged,
 )
-from common.resnet import GroupNormResNet, load_pretrained
-from common.transformer import LoraSpec, build_text_classifier, resolve_model_dir
+from common.models.resnet import GroupNormResNet, load_pretrained
+from common.models.transformer import LoraSpec, build_text_classifier, resolve_model_dir
 
 
 def _torchvision_layout(model: GroupNormResNet, *, rgb: bool, classes: int) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ import torch
 
 from common.errors import DataError
 from common.models import ModelKind, ModelSpec, build_model
+from common.models.transformer import load_tokenizer
 from common.notes import DEPARTMENTS, synthetic_notes
 from common.text_loaders import read_text_table, text_dataset, tokenize
-from common.transformer import load_tokenizer
 
 
 def _write(path: Path, text: str) -> Path:

@@ -16,9 +16,9 @@ from seqeval.metrics import classification_report, f1_score, precision_score, re
 from common.data.entities import ENTITY_TAGS, synthetic_entity_notes
 from common.data.tagged import read_tagged, tokenize_tagged
 from common.errors import DataError
+from common.models.transformer import load_tokenizer
 from common.tasks import flat, pooled
 from common.tasks.token_classification import IGNORE, TokenClassification, TokenLoss, entity_types, token_mean_loss
-from common.transformer import load_tokenizer
 
 TAGS = ENTITY_TAGS
 TASK = TokenClassification(TAGS)

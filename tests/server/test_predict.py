@@ -134,9 +134,9 @@ def test_images_in_an_npz_are_scored_with_the_runs_model(tmp_path: Path, capsys)
 def test_texts_are_tokenized_as_in_training(tmp_path: Path, tiny_text_model: Path, capsys) -> None:
     import json
 
+    from common.models.transformer import load_tokenizer
     from common.notes import synthetic_notes
     from common.text_loaders import text_dataset
-    from common.transformer import load_tokenizer
 
     cfg = load_scenario("clinical-notes").replace(
         pretrained_path=str(tiny_text_model), random_init=True, synthetic_records=40, out=str(tmp_path / "run")

@@ -10,7 +10,6 @@ loaded from the same local files on both sides).
 
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -21,8 +20,8 @@ from torch import nn
 
 from common.config import ModelKind
 from common.dataset import Modality
-from common.resnet import GroupNormResNet, load_pretrained
-from common.transformer import LoraSpec, build_text_classifier
+from common.models.resnet import GroupNormResNet, load_pretrained
+from common.models.transformer import LoraSpec, build_text_classifier
 
 # The largest |weight| a site accepts in a model, and the server keeps in an aggregate: beyond,
 # training has diverged (or the model is hostile: huge weights amplify one record's influence).
@@ -109,7 +108,9 @@ class GroupNormCNN(nn.Module):
 def build_model(spec: ModelSpec, *, seed: int) -> nn.Module:
     """Build the model with weights initialised from ``seed`` (same seed, same weights);
     pretrained weights are read from local files (kept in memory for the next call)."""
-    return copy.deepcopy(_built(spec, seed))
+    from common.models.clone import clone
+
+    return clone(_built(spec, seed))
 
 
 def _resnet(spec: ModelSpec) -> nn.Module:
