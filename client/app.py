@@ -32,7 +32,7 @@ from client.canaries import CanaryPlan, archive_round, input_records, site_plan
 from client.dp_trainer import LocalPlan, PrivacyPlan, get_weights, sampling, train_local
 from client.secagg import make_legacy_fit_adapter, secagg_when_asked
 from client.site_ledger import SiteLedger, SitePaths, simulation_paths
-from common import profiling
+from common import array_record, profiling
 from common import records as rk
 from common.config import RunConfig, Strategy
 from common.crypto import keys
@@ -254,7 +254,7 @@ def _global_model(msg: Message, cfg: RunConfig) -> torch.nn.Module:
     from common.models.clone import clone
 
     model = clone(_model_template(cfg))
-    load_exchanged(model, msg.content[rk.ARRAYS].to_torch_state_dict())
+    load_exchanged(model, array_record.to_torch_state_dict(msg.content[rk.ARRAYS]))
     return model
 
 

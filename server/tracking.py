@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from common import array_record
 from common import records as rk
 from common.hashing import arrays_sha256
 from common.models import MAX_ABS_WEIGHT
@@ -86,13 +87,13 @@ def reported_budget(metrics: Mapping[str, object]) -> tuple[float, float]:
 
 
 def arrays_hash(arrays: ArrayRecord) -> str:
-    return arrays_sha256(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
+    return arrays_sha256(zip(arrays.keys(), array_record.to_numpy_ndarrays(arrays), strict=True))
 
 
 def _largest_weight(arrays: ArrayRecord) -> float:
     """max |w| over the floating-point tensors of ``arrays`` (NaN if any is not finite)."""
     largest = 0.0
-    for a in arrays.to_numpy_ndarrays():
+    for a in array_record.to_numpy_ndarrays(arrays):
         if a.size and np.issubdtype(a.dtype, np.floating):
             if not np.isfinite(a).all():
                 return float("nan")
