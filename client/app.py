@@ -157,7 +157,14 @@ def _node_site(context: Context, cfg: RunConfig, policy: SitePolicy) -> SiteData
 
 def _plan(cfg: RunConfig) -> LocalPlan:
     mu = cfg.federation.proximal_mu if cfg.federation.strategy_kind is Strategy.FEDPROX else 0.0
-    return LocalPlan(cfg.training.local_epochs, cfg.training.batch_size, cfg.training.learning_rate, proximal_mu=mu)
+    training = cfg.training
+    return LocalPlan(
+        training.local_epochs,
+        training.batch_size,
+        training.learning_rate,
+        proximal_mu=mu,
+        physical_batch=training.physical_batch_size,
+    )
 
 
 @dataclass(frozen=True)

@@ -145,10 +145,16 @@ class BookKeeping:
             for p in frozen:
                 p.requires_grad_(True)
 
-    def clipped_sum(self, model: nn.Module, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def clipped_sum(
+        self, model: nn.Module, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor, *, accumulate: bool = False
+    ) -> torch.Tensor:
         """Set ``p.summed_grad`` = sum over the batch of each example's gradient clipped to
         ``max_grad_norm`` (0 for an example whose gradient is not finite); returns the (B,)
-        clip factors."""
+        clip factors. ``accumulate``: add to the ``p.summed_grad`` already there instead (one
+        chunk of a larger sampled batch: every example is clipped on its own, so the chunks'
+        clipped sums add up to the whole batch's)."""
+        if accumulate and not all(isinstance(getattr(p, "summed_grad", None), torch.Tensor) for p in self.params):
+            raise RuntimeError("book-keeping: no clipped sum to accumulate into")
         reduction = criterion.reduction
         criterion.reduction = "none"
         try:
@@ -173,8 +179,9 @@ class BookKeeping:
         norms = torch.maximum(squared.clamp(min=0).sqrt(), size / CANCELLATION_BOUND)
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         factors = torch.where(bad, torch.zeros_like(factors), factors)
-        for p in self.params:
-            p.summed_grad = torch.zeros_like(p)
+        if not accumulate:
+            for p in self.params:
+                p.summed_grad = torch.zeros_like(p)
         for part in parts:
             part.add_clipped(factors, bad)
         return factors

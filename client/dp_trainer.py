@@ -52,6 +52,10 @@ class LocalPlan:
     batch_size: int
     learning_rate: float
     proximal_mu: float = 0.0  # FedProx; 0 disables
+    # The most records put through the model at once; a sampled batch larger than this is
+    # processed in chunks whose (clipped) gradient sums add up, one optimizer step per sampled
+    # batch as before. 0: the whole batch at once.
+    physical_batch: int = 0
 
     def __post_init__(self) -> None:
         if not self.local_epochs > 0:
@@ -62,6 +66,8 @@ class LocalPlan:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.proximal_mu < 0:
             raise ValueError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+        if self.physical_batch < 0:
+            raise ValueError(f"physical_batch must be >= 0, got {self.physical_batch}")
 
 
 GRAD_SAMPLE_MODES = tuple(m.value for m in GradSampleMode)  # one list: the config's
@@ -175,6 +181,15 @@ def train_local(
         injector = GradientCanaries(canaries, named, sample_rate, randomness.canary_generator(), value)
     recorded_sigma = privacy.noise_multiplier if privacy is not None else 0.0
 
+    if privacy is not None and plan.physical_batch:
+        # Only fedshield's engine clips chunk by chunk (Opacus's per-example modes would keep
+        # every chunk's per-example gradients until the step): auto means bk here.
+        if privacy.grad_sample_mode not in (GradSampleMode.AUTO, GradSampleMode.BK):
+            raise ValueError(
+                f"physical batches need grad-sample-mode bk or auto, got {privacy.grad_sample_mode!r} "
+                "(Opacus's modes put the whole sampled batch through at once)"
+            )
+        privacy = dataclasses.replace(privacy, grad_sample_mode=GradSampleMode.BK.value)
     if privacy is not None and privacy.grad_sample_mode == GradSampleMode.AUTO:
         from client.modes import choose
 
@@ -188,7 +203,9 @@ def train_local(
         if errors:
             raise ValueError(f"model is not DP-compatible: {errors[0]}")
     if privacy is not None and privacy.grad_sample_mode == GradSampleMode.BK:
-        bookkeeping = _BookKeepingStep(model, privacy, sample_rate, len(data), injector, randomness)
+        bookkeeping = _BookKeepingStep(
+            model, privacy, sample_rate, len(data), injector, randomness, physical_batch=plan.physical_batch
+        )
         recorded_sigma = bookkeeping.sigma
         loader = PoissonBatches(_tensors(data, device).tensors, sample_rate, sampling_rng)
     elif privacy is not None:
@@ -237,6 +254,11 @@ def train_local(
                 optimizer.zero_grad(set_to_none=True)
                 if bookkeeping is not None:
                     bookkeeping.gradients(model, criterion, xb, yb, done)
+                elif len(yb) > 0 and privacy is None and 0 < plan.physical_batch < len(yb):
+                    # the batch's mean loss, accumulated over chunks of at most physical_batch records
+                    for start in range(0, len(yb), plan.physical_batch):
+                        part = slice(start, start + plan.physical_batch)
+                        (loss_fn(model(xb[part]), yb[part]) * (len(yb[part]) / len(yb))).backward()
                 elif len(yb) > 0:
                     loss = loss_fn(model(xb), yb)
                     with warnings.catch_warnings():
@@ -337,6 +359,8 @@ class _BookKeepingStep:
         records: int,
         injector: CanaryInjector | None,
         randomness: Randomness,
+        *,
+        physical_batch: int = 0,
     ) -> None:
         from client.bookkeeping import BookKeeping, expected_batch_size
 
@@ -346,12 +370,18 @@ class _BookKeepingStep:
         self.injector = injector
         self.randomness, self.std = randomness, self.sigma * self.bound
         self.noise_off = privacy.fault == "noise-off"
+        self.physical_batch = physical_batch
         self.steps = 0
 
     def gradients(self, model: nn.Module, criterion: nn.Module, xb: torch.Tensor, yb: torch.Tensor, step: int) -> None:
         params = self.engine.params
         if len(yb) > 0:
-            self.engine.clipped_sum(model, criterion, xb, yb)
+            # chunk by chunk when the sampled batch is larger than the physical batch: each
+            # example is clipped on its own, so the chunks' clipped sums add up to the batch's
+            chunk = self.physical_batch or len(yb)
+            for start in range(0, len(yb), chunk):
+                part = slice(start, start + chunk)
+                self.engine.clipped_sum(model, criterion, xb[part], yb[part], accumulate=start > 0)
         else:  # an empty Poisson batch is still a step: pure noise
             for p in params:
                 p.summed_grad = torch.zeros_like(p)

@@ -261,6 +261,10 @@ class TrainingConfig(Section):
     # measured once per model shape and machine) | bk (fedshield's book-keeping engine) |
     # Opacus's hooks | functorch | ew | ghost
     grad_sample_mode: str = "auto"
+    # the most records put through the model at once (memory): a larger sampled batch is
+    # processed in chunks whose clipped sums add up, still one DP step per sampled batch (the
+    # accounting is unchanged); needs bk or auto (which then means bk); 0: no limit
+    physical_batch_size: int = 0
 
     def validate(self) -> None:
         check(
@@ -277,6 +281,16 @@ class TrainingConfig(Section):
             self.learning_rate,
         )
         _one_of(self.grad_sample_mode, GradSampleMode, "grad-sample-mode")
+        check(
+            self.physical_batch_size >= 0, "physical-batch-size", "must be >= 0 (0: no limit)", self.physical_batch_size
+        )
+        check(
+            not self.physical_batch_size or self.grad_sample_mode in (GradSampleMode.BK, GradSampleMode.AUTO),
+            "physical-batch-size",
+            f"needs grad-sample-mode bk or auto (Opacus's {self.grad_sample_mode} puts the whole sampled batch "
+            "through at once)",
+            self.physical_batch_size,
+        )
 
 
 FOLLOW_TRAIN = -1.0  # fraction-evaluate: sample evaluation as training is sampled

@@ -189,3 +189,60 @@ def test_dropout_is_seeded_too(tmp_path) -> None:
     b = train_local(model, data, plan, privacy=privacy, randomness=reproducible(2), device=DEVICE).weights
     assert all(np.array_equal(x, y) for x, y in zip(a, a2, strict=True)), "same seed must reproduce"
     assert any(not np.allclose(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("physical", [1, 5, 16])
+@pytest.mark.parametrize("kind, data", [(ModelKind.MLP, _tabular()), (ModelKind.CNN, _images())], ids=["mlp", "cnn"])
+def test_physical_batches_give_the_brute_force_clipped_mean(kind: ModelKind, data: Dataset, physical: int) -> None:
+    """A sampled batch put through the model in chunks of ``physical`` records (the memory
+    manager) is clipped example by example as a whole batch is: the update is still the
+    brute-force mean of clipped per-example gradients, chunk sizes that divide the batch or not."""
+    spec = ModelSpec(kind, data.record_shape, data.num_classes, hidden=(8,), channels=(4, 8))
+    bound = 0.05
+    plan = LocalPlan(local_epochs=1, batch_size=len(data), learning_rate=1.0, physical_batch=physical)
+    before = _flat([p.detach().clone().to(DEVICE) for p in build_model(spec, seed=3).parameters()])
+    privacy = PrivacyPlan(1e-9, bound, "auto")  # auto means bk with physical batches
+    result = train_local(
+        build_model(spec, seed=3), data, plan, privacy=privacy, randomness=reproducible(0), device=DEVICE
+    )
+    after = torch.cat([torch.as_tensor(w, device=DEVICE).reshape(-1) for w in result.weights])
+    expected, norms = _brute_force_clipped_mean(build_model(spec, seed=3), data, bound)
+    assert (norms > bound).all()
+    torch.testing.assert_close(before - after, expected, atol=1e-6, rtol=1e-4)
+
+
+def test_physical_batches_change_nothing_but_memory() -> None:
+    """Same sampled batches, same secret-free noise (a public seed), same update: chunking only
+    changes how many records go through the model at once."""
+    data = _tabular(n=40)
+    spec = ModelSpec(ModelKind.MLP, data.record_shape, data.num_classes, hidden=(8,))
+    privacy = PrivacyPlan(1.1, 0.5, "bk")
+    results = []
+    for physical in (0, 3):
+        plan = LocalPlan(local_epochs=2, batch_size=10, learning_rate=0.5, physical_batch=physical)
+        results.append(train_local(build_model(spec, seed=1), data, plan, privacy=privacy, randomness=reproducible(7)))
+    assert results[0].event == results[1].event
+    for whole, chunked in zip(results[0].weights, results[1].weights, strict=True):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+    plain = [
+        train_local(
+            build_model(spec, seed=1),
+            data,
+            LocalPlan(local_epochs=2, batch_size=10, learning_rate=0.5, physical_batch=physical),
+            privacy=None,
+            randomness=reproducible(7),
+        ).weights
+        for physical in (0, 4)
+    ]
+    for whole, chunked in zip(*plain, strict=True):
+        np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_physical_batches_refuse_an_engine_that_would_keep_every_chunk() -> None:
+    data = _tabular()
+    spec = ModelSpec(ModelKind.MLP, data.record_shape, data.num_classes, hidden=(8,))
+    plan = LocalPlan(local_epochs=1, batch_size=8, learning_rate=0.5, physical_batch=4)
+    with pytest.raises(ValueError, match="physical batches need grad-sample-mode bk or auto, got 'hooks'"):
+        train_local(
+            build_model(spec, seed=1), data, plan, privacy=PrivacyPlan(1.0, 1.0, "hooks"), randomness=reproducible(0)
+        )

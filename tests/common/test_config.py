@@ -101,6 +101,7 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
             "fast",
             "grad-sample-mode must be one of hooks, functorch, ew, ghost, bk, auto, got 'fast'",
         ),
+        ("physical-batch-size", -1, "physical-batch-size must be >= 0 (0: no limit), got -1"),
         ("resnet-width", 0, "resnet-width must be >= 1, got 0"),
         ("lora-rank", 0, "lora-rank must be >= 1, got 0"),
         ("lora-targets", " , ", "lora-targets must name at least one module, got ' , '"),
@@ -118,6 +119,14 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
 )
 def test_out_of_range_values(key, value, expected):
     assert _config_error({key: value}) == f"my-source: {expected}"
+
+
+def test_physical_batches_need_an_engine_that_clips_chunk_by_chunk():
+    message = _config_error({"physical-batch-size": 16, "grad-sample-mode": "hooks"})
+    assert message == (
+        "my-source: physical-batch-size needs grad-sample-mode bk or auto (Opacus's hooks puts the whole "
+        "sampled batch through at once), got 16"
+    )
 
 
 def test_direct_construction_message_has_no_source():
