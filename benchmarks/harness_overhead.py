@@ -141,6 +141,11 @@ def client_app_loop(cfg, metrics: dict[str, Any], state: Path) -> dict[str, Any]
     frozen = spec_frozen_sha256(model_spec(cfg), cfg.seed)
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     contexts: dict[int, Any] = {}
+    # The accountant's memo starts empty, as in a fresh site process: this process may have
+    # computed the same histories' epsilons already (the simulation's report, in the driver).
+    from common.privacy import prv
+
+    prv.prv_epsilon.cache_clear()
     folder = state / "profile"
     os.environ[profiling.ENV] = str(folder)
     try:

@@ -12,7 +12,10 @@ this machine, twice per call). Here the same numbers come from:
 - :func:`prv_epsilon`: Opacus's own discretisation, FFT composition and epsilon bound on the
   domain computed from those vectors, widened to a length the FFT is fast at
   (:func:`_fast_fourier_domain`), memoised per (merged history, delta, error): the epsilon of
-  a history is a pure function of it.
+  a history is a pure function of it. Three of Opacus's steps are computed faster with the same
+  result: the CDF only where it is neither 0 nor 1 (bit for bit), the truncated mean over the
+  Gaussian's privacy loss (:func:`_truncated_mean`, more accurate than Opacus's quad), and a
+  long self-composition's power by repeated squaring (:func:`_power`).
 
 Nothing here holds privacy state: a cache maps mechanisms to numbers, never a site to its
 spend. The result is the upper bound Opacus returns (tests compare the two over random
@@ -273,11 +276,55 @@ def _fast_fourier_domain(domain):  # -> Domain
     return Domain(domain.t_min - pad * domain.dt, domain.t_max + pad * domain.dt, size)
 
 
+def _power(values: np.ndarray, n: int) -> np.ndarray:
+    """``values ** n`` (``n >= 1``) by repeated squaring, in place on copies: what numpy does for
+    an integer exponent below 100 (``npy_cpow``), but numpy switches to ``exp(n log z)`` from
+    100 on, three times slower (3.2 ms against 1.1 at 27,000 points here, where most of a long
+    history's composition went)."""
+    result: np.ndarray | None = None
+    base = values.copy()
+    while True:
+        if n & 1:
+            result = base.copy() if result is None else np.multiply(result, base, out=result)
+        n >>= 1
+        if not n:
+            return result if result is not None else np.ones_like(values)
+        np.multiply(base, base, out=base)
+
+
+def _self_composed(dprv, n: int):  # DiscretePRV -> DiscretePRV
+    """Opacus's ``_compose_fourier(dprv, n)`` (the PRV composed with itself ``n`` times by FFT),
+    with the power taken by :func:`_power`."""
+    from opacus.accountants.analysis.prv import DiscretePRV
+    from scipy.fft import irfft, rfft
+
+    if len(dprv) % 2 != 0:
+        raise ValueError("Can only compose evenly sized discrete PRVs")
+    pmf = irfft(_power(rfft(dprv.pmf), n))
+    shift = n - 1 + (len(pmf) // 2 if n % 2 == 0 else 0)
+    return DiscretePRV(pmf=np.roll(pmf, shift), domain=dprv.domain.shift_right(dprv.domain.shifts * (n - 1)))
+
+
+def _convolution_tree(dprvs: list):  # list[DiscretePRV] -> DiscretePRV
+    """Opacus's ``_compose_convolution_tree``: neighbouring PRVs convolved pairwise (``same``-size
+    linear convolution) until one is left."""
+    from opacus.accountants.analysis.prv import DiscretePRV
+    from scipy.signal import convolve
+
+    while len(dprvs) > 1:
+        merged = [dprvs.pop()] if len(dprvs) % 2 == 1 else []
+        for left, right in zip(dprvs[:-1:2], dprvs[1::2], strict=True):
+            pmf = convolve(left.pmf, right.pmf, mode="same")
+            merged.append(DiscretePRV(pmf=pmf, domain=left.domain.shift_right(right.domain.shifts)))
+        dprvs = merged
+    return dprvs[0]
+
+
 @lru_cache(maxsize=8192)
 def prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
     """Upper bound on epsilon at ``delta`` of ``history`` = ((noise_multiplier, sample_rate,
     steps), ...), as ``PRVAccountant.get_epsilon(delta, eps_error=eps_error)`` computes it."""
-    from opacus.accountants.analysis.prv import Domain, compose_heterogeneous
+    from opacus.accountants.analysis.prv import Domain
 
     delta_error = delta / 1000
     total = sum(steps for _, _, steps in history)
@@ -288,6 +335,7 @@ def prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps
     # numpy's warning is silenced.
     with np.errstate(divide="ignore"):
         dprvs = [_discretize(q, sigma, domain) for sigma, q, _ in history]
-        composed = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[s for _, _, s in history])
+        # Opacus's compose_heterogeneous: each mechanism composed with itself, then the convolution tree
+        composed = _convolution_tree([_self_composed(d, s) for d, (_, _, s) in zip(dprvs, history, strict=True)])
         _, _, upper = composed.compute_epsilon(delta, delta_error, eps_error)
     return float(upper)

@@ -112,3 +112,37 @@ def test_truncated_mean_is_the_integral_to_1e_13(q: float, sigma: float, size: f
         theirs = opacus.mean()
     assert ours == pytest.approx(reference, rel=1e-12, abs=1e-13)
     assert ours == pytest.approx(theirs, abs=1e-6)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    q=st.floats(0.005, 0.3),
+    sigma=st.floats(0.7, 4.0),
+    steps=st.one_of(st.integers(100, 700), st.sampled_from([99, 100, 101, 128, 255])),
+)
+def test_long_self_composition_is_opacus_epsilon(q: float, sigma: float, steps: int) -> None:
+    """From 100 steps on numpy raises a complex array to a power by ``exp(n log z)``; fedshield
+    squares repeatedly (prv._power), as numpy itself does below 100. The composed PRV's pmf
+    differs only by rounding and the epsilon is stock Opacus's to 1e-6."""
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import Domain
+    from opacus.accountants.analysis.prv.compose import _compose_fourier
+
+    domain = prv._fast_fourier_domain(Domain.create_aligned(-6.0, 6.0, 3e-4))
+    with np.errstate(divide="ignore"):
+        single = prv._discretize(q, sigma, domain)
+    ours, theirs = prv._self_composed(single, steps), _compose_fourier(single, steps)
+    np.testing.assert_allclose(ours.pmf, theirs.pmf, rtol=0, atol=1e-14)
+    assert ours.domain == theirs.domain
+
+    stock = PRVAccountant()
+    stock.history = [(sigma, q, steps)]
+    expected = stock.get_epsilon(delta=1e-5, eps_error=0.01)
+    assert prv.prv_epsilon(((sigma, q, steps),), 1e-5, 0.01) == pytest.approx(expected, rel=1e-6)
+
+
+def test_power_by_squaring_is_the_power() -> None:
+    rng = np.random.default_rng(3)
+    values = np.exp(1j * rng.uniform(0, 2 * np.pi, 1000)) * rng.uniform(0.9, 1.0, 1000)
+    for n in (1, 2, 3, 7, 64, 99, 100, 159, 1000):
+        np.testing.assert_allclose(prv._power(values, n), values**n, rtol=1e-12, atol=1e-300)
