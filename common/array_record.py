@@ -21,9 +21,23 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 _MAGIC = b"\x93NUMPY\x01\x00"  # npy format 1.0: a little-endian uint16 header length follows
+# numpy's own header for a C-ordered array of a plain numeric dtype: the dtypes numpy writes
+# (f2/f4/f8, i1-i8, u1-u8, b1) and shapes as it writes them ((), (5,), (3, 4)), nothing else
+_DIM = rb"(?:0|[1-9][0-9]*)"
+_SHAPE = rb"\(\)|\(" + _DIM + rb",\)|\((?:" + _DIM + rb", )+" + _DIM + rb"\)"
 _HEADER = re.compile(
-    rb"\{'descr': '([<>|][fiub][1-8]|\|b1)', 'fortran_order': False, 'shape': \(((?:\d+, )*\d*,?)\), \} *\n"
+    rb"\{'descr': '([<>](?:f[248]|[iu][1248])|\|[iu]1|\|b1)', 'fortran_order': False, 'shape': ("
+    + _SHAPE
+    + rb"), \} *\n"
 )
+
+
+def _declared(dtype: object) -> np.dtype | None:
+    """The array's declared dtype, or None when it names none (Flower's reader ignores it)."""
+    try:
+        return np.dtype(dtype)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
 
 
 def _values(array: Array) -> np.ndarray:
@@ -33,10 +47,10 @@ def _values(array: Array) -> np.ndarray:
         match = _HEADER.fullmatch(data, 10, 10 + length)
         if match is not None:
             dtype = np.dtype(match.group(1).decode())
-            shape = tuple(int(s) for s in match.group(2).decode().replace(" ", "").split(",") if s)
+            shape = tuple(int(d) for d in match.group(2).decode().strip("()").replace(" ", "").split(",") if d)
             count = math.prod(shape)
             if (
-                dtype == np.dtype(array.dtype)
+                _declared(array.dtype) == dtype
                 and shape == tuple(array.shape)
                 and len(data) - 10 - length == count * dtype.itemsize
             ):

@@ -16,6 +16,7 @@ instead, whole: the fast path never shares a mutable object between the template
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -31,9 +32,24 @@ class _NotPlain(Exception):
 def clone(model: nn.Module) -> nn.Module:
     """An independent copy of ``model`` (the values ``copy.deepcopy`` would give)."""
     try:
+        _storages_unshared(model)
         return _clone(model, {})
     except _NotPlain:
         return copy.deepcopy(model)
+
+
+def _storages_unshared(model: nn.Module) -> None:
+    """Tied weights (one parameter in two modules) or tensors viewing one storage are deepcopy's
+    to keep tied: the fast path copies tensors one by one and would untie them (found in review)."""
+    seen: set[int] = set()
+    for module in model.modules():
+        for t in (*module._parameters.values(), *module._buffers.values()):
+            if t is None:
+                continue
+            storage = t.untyped_storage().data_ptr()
+            if storage in seen and t.numel() > 0:
+                raise _NotPlain
+            seen.add(storage)
 
 
 def _plain(value: Any) -> bool:
@@ -60,7 +76,10 @@ def _parameter(p: nn.Parameter) -> nn.Parameter:
 
 def _container(value: dict | set | list) -> dict | set | list:
     """A hook or bookkeeping container: empty hook dicts and sets of names are copied; a
-    registered hook (a function that may close over anything) is not for the fast path."""
+    registered hook (a function that may close over anything) is not for the fast path, nor a
+    container of another kind (a defaultdict, say)."""
+    if type(value) not in (dict, OrderedDict, set, list):
+        raise _NotPlain
     if isinstance(value, dict):
         if not all(_plain(k) and _plain(v) for k, v in value.items()):
             raise _NotPlain

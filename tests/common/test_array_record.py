@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from flwr.app import Array, ArrayRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,7 +30,8 @@ def test_the_same_arrays_as_flowers_reader(arrays: list[np.ndarray]) -> None:
     state = array_record.to_torch_state_dict(record)
     assert list(state) == list(record.to_torch_state_dict())
     for got, want in zip(state.values(), record.to_torch_state_dict().values(), strict=True):
-        assert got.dtype == want.dtype and torch.equal(got, want)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got.numpy(), want.numpy())  # NaN equal to NaN
 
 
 def test_the_values_are_a_copy_of_their_own() -> None:
@@ -102,3 +102,38 @@ def test_what_numpy_writes_for_a_plain_array_is_read_without_numpy_load(monkeypa
     monkeypatch.setattr(Array, "numpy", refuse)
     got = array_record.to_numpy_ndarrays(record)[0]
     assert got.dtype == values.dtype and got.shape == values.shape and np.array_equal(got, values)
+
+
+def _with_header(header: bytes, body: bytes) -> bytes:
+    header = header + b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + body
+
+
+def _outcome(read, record: ArrayRecord):
+    try:
+        arrays = read(record)
+    except Exception as exc:  # noqa: BLE001  (the type is what is compared)
+        return type(exc)
+    return [(a.dtype, a.shape, a.tobytes()) for a in arrays]
+
+
+@pytest.mark.parametrize(
+    "declared_dtype, header",
+    [
+        ("nonsense", b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }"),  # Flower ignores the field
+        ("float32", b"{'descr': '<f3', 'fortran_order': False, 'shape': (2,), }"),  # no such dtype
+        ("float32", b"{'descr': '<i3', 'fortran_order': False, 'shape': (2,), }"),
+        ("float32", b"{'descr': '<f4', 'fortran_order': False, 'shape': (,), }"),  # numpy refuses the shape
+        ("float32", b"{'descr': '<f4', 'fortran_order': False, 'shape': (02,), }"),
+        ("object", b"{'descr': '|O', 'fortran_order': False, 'shape': (2,), }"),
+    ],
+    ids=["declared-nonsense", "f3", "i3", "empty-shape", "leading-zero", "object"],
+)
+def test_a_crafted_array_is_read_or_refused_as_flower_does(declared_dtype: str, header: bytes) -> None:
+    """Found in review: a descr numpy cannot parse, or a declared dtype that names none, raised
+    TypeError here where Flower's reader raises ValueError or reads the array; a site catches
+    ValueError (a recorded refusal), so anything else would escape as a crash."""
+    body = np.arange(2, dtype=np.float32).tobytes()
+    array = Array(dtype=declared_dtype, shape=(2,), stype="numpy.ndarray", data=_with_header(header, body))
+    record = ArrayRecord({"w": array})
+    assert _outcome(array_record.to_numpy_ndarrays, record) == _outcome(lambda r: r.to_numpy_ndarrays(), record)

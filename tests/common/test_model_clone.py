@@ -98,3 +98,29 @@ def test_a_parameter_with_a_gradient_or_per_example_state_is_never_fast_copied(l
         _clone(model, {})
     copied = clone(model)
     assert copied.weight.data_ptr() != model.weight.data_ptr()
+
+
+def test_tied_weights_stay_tied() -> None:
+    """One parameter in two modules (tied weights) is one parameter in the copy too, as with
+    deepcopy (found in review: the fast path untied it, so the two would train apart)."""
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    model[2].weight = model[0].weight
+    copied = clone(model)
+    assert copied[0].weight is copied[2].weight
+    assert copied[0].weight is not model[0].weight
+    assert len(list(copied.parameters())) == len(list(model.parameters()))
+
+
+def test_a_container_of_another_kind_is_deep_copied() -> None:
+    from collections import defaultdict
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: defaultdict[str, int] = defaultdict(int)
+            self.layer = nn.Linear(2, 2)
+
+    model = Counting()
+    copied = clone(model)
+    copied.seen["x"] += 1
+    assert isinstance(copied.seen, defaultdict) and model.seen == {}

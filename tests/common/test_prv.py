@@ -146,3 +146,44 @@ def test_power_by_squaring_is_the_power() -> None:
     values = np.exp(1j * rng.uniform(0, 2 * np.pi, 1000)) * rng.uniform(0.9, 1.0, 1000)
     for n in (1, 2, 3, 7, 64, 99, 100, 159, 1000):
         np.testing.assert_allclose(prv._power(values, n), values**n, rtol=1e-12, atol=1e-300)
+
+
+def test_tiny_noise_whose_domain_reaches_past_where_exp_overflows() -> None:
+    """At noise below about 0.05 the safe domain reaches t > 700, where e^t overflows: the mean's
+    change of variable must still land on the domain's end (found in review: the integral ran on
+    to where the CDF saturates, the mean came out at -138 and the epsilon raised instead of 588)."""
+    import warnings
+
+    from opacus.accountants import PRVAccountant
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable
+
+    q, sigma = 1e-4, 0.03
+    history = ((sigma, q, 1),)
+    size = prv._safe_domain_size(history, 0.01, 1e-8)
+    assert size > 710, "the case must reach past exp's overflow"
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), -size, size).mean()
+        assert prv._truncated_mean(q, sigma, -size, size) == pytest.approx(theirs, abs=1e-6)
+        stock = PRVAccountant()
+        stock.history = [history[0]]
+        expected = stock.get_epsilon(delta=1e-5, eps_error=0.01)
+        assert prv.prv_epsilon(history, 1e-5, 0.01) == pytest.approx(expected, rel=1e-6)
+
+
+def test_privacy_loss_beyond_exps_overflow_is_not_moved_down() -> None:
+    """At noise 0.02 and sample rate 0.5, half of a step's privacy loss lies near 1/(2 sigma^2) +
+    log q = 1249: Opacus's CDF, whose exp(t) overflows past t = 709.8, jumps to 1 there and puts
+    that half at 710 (stock Opacus then raises on its own mean check). fedshield's CDF takes the
+    loss from a form that does not overflow, so the bound is never below where the loss lies:
+    with delta below q / 2, epsilon must exceed that half's median (there the loss exceeds epsilon
+    + 1 with probability over 1/4, so delta(epsilon) would be above 0.15)."""
+    import math
+
+    q, sigma = 0.5, 0.02
+    with np.errstate(all="ignore"):
+        cdf = prv._subsampled_gaussian_cdf(q, sigma, np.array([709.0, 711.0, 1000.0, 1240.0, 1260.0]))
+        assert np.allclose(cdf[:3], 1 - q) and 1 - q < cdf[3] < cdf[4] < 1.0  # the upper half, not a jump
+        mean = prv._truncated_mean(q, sigma, -1572.0, 1572.0)
+        assert mean == pytest.approx((1 - q) * math.log(1 - q) + q * (1 / (2 * sigma**2) + math.log(q)), abs=0.05)
+        assert prv.prv_epsilon(((sigma, q, 1),), 1e-5, 0.01) >= 1 / (2 * sigma**2) + math.log(q) - 1
