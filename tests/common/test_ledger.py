@@ -388,3 +388,21 @@ def test_reopening_checks_only_the_new_entries_signatures(tmp_path: Path, monkey
     checked.clear()
     assert len(Ledger(path, key, owner="site-0").entries) == 52
     assert len(checked) == 2  # the head and the one new entry
+
+
+def test_a_remembered_signature_never_lets_another_message_key_or_signature_pass() -> None:
+    """keys.verify keeps the signatures it has checked (a site re-checks its head checkpoint
+    every round): only exact successes, so an attacker cannot ride on a remembered one."""
+    from common.crypto import keys
+
+    owner, other = keys.generate(), keys.generate()
+    message = b"seq 7 hash abc"
+    signature = keys.sign(owner, message)
+    assert keys.verify(owner.public_key(), message, signature)
+    assert keys.verify(owner.public_key(), message, signature)  # from the memo
+    assert not keys.verify(owner.public_key(), message + b"!", signature)
+    assert not keys.verify(other.public_key(), message, signature)
+    assert not keys.verify(owner.public_key(), message, keys.sign(other, message))
+    forged = keys.sign(other, b"seq 8")
+    assert not keys.verify(owner.public_key(), b"seq 8", forged)
+    assert not keys.verify(owner.public_key(), b"seq 8", forged)  # a failure is never remembered
