@@ -150,9 +150,11 @@ def _safe_domain_size(history: Sequence[tuple[float, float, int]], eps_error: fl
     return max(l_max, eps_error) + 3
 
 
-# Where Opacus's CDF formula gives exactly 1.0: erfc's first argument at least this, so that
-# 1 - cdf <= erfc(6.5) / 2 < 2e-20, far below half an ulp of 1.0 (2^-54, about 5.6e-17).
-_SATURATED_ARG = 6.5
+# Where Opacus's CDF formula gives exactly 1.0: erfc's first argument at least this. There
+# erfc(a1) <= erfc(6) = 2.2e-17 and the second term's erfc is smaller still (its argument is
+# larger), so the two subtracted terms sum to at most 1.1e-17, a fifth of half an ulp below 1.0
+# (2^-54, about 5.6e-17): ``... + 1.0`` rounds to exactly 1.0.
+_SATURATED_ARG = 6.0
 # Below this t, Opacus's exp(t) in the CDF is finite (it overflows past 709.78).
 _EXP_SAFE = 700.0
 # Gauss-Legendre nodes and weights on [-1, 1] for the truncated mean's composite rule.
