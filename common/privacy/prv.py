@@ -161,6 +161,46 @@ _EXP_SAFE = 700.0
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(16)
 
 
+def _saturated_loss(sigma: float) -> float:
+    """The Gaussian's privacy loss ``z`` from which Opacus's CDF is exactly 1.0 (erfc's first
+    argument :data:`_SATURATED_ARG`); below its negative both erfc terms are 2 to the same
+    precision (the CDF is 0)."""
+    from opacus.accountants.analysis.prv.prvs import SQRT2
+
+    return (_SATURATED_ARG * 2 * SQRT2 * sigma + 1) / (2 * sigma**2)
+
+
+def _cdf_of_loss(q: float, sigma: float, z: np.ndarray) -> np.ndarray:
+    """Opacus's ``PoissonSubsampledGaussianPRV.cdf`` as a function of the Gaussian's privacy loss
+    ``z`` (a mixture of two Gaussian CDFs), the same operations on the same values."""
+    from opacus.accountants.analysis.prv.prvs import SQRT2
+
+    return (
+        -q * special.erfc((2 * z * sigma**2 - 1) / (2 * SQRT2 * sigma)) / 2
+        - (1 - q) * special.erfc((2 * z * sigma**2 + 1) / (2 * SQRT2 * sigma)) / 2
+        + 1.0
+    )
+
+
+def _loss_of(q: float, t: np.ndarray) -> np.ndarray:
+    """The Gaussian's privacy loss ``z`` at PRV values ``t > log(1 - q)``, the inverse of ``t =
+    log(1 - q + q e^z)``: Opacus's ``log((e^t + q - 1) / q)`` up to t = 700, beyond it (where
+    Opacus's ``exp(t)`` overflows past 709.8) ``t + log(1 - (1 - q) e^-t) - log q``."""
+    with np.errstate(over="ignore"):
+        z = np.log((np.exp(t) + q - 1) / q)
+    far = t > _EXP_SAFE
+    if far.any():
+        z[far] = t[far] + np.log1p(-(1 - q) * np.exp(-t[far])) - math.log(q)
+    return z
+
+
+def _low_and_mass(q: float, sigma: float, t_min: float, t_max: float) -> tuple[float, float]:
+    """The untruncated CDF at ``t_min`` and the mass between ``t_min`` and ``t_max`` (Opacus's
+    ``_remaining_mass``, the same subtraction)."""
+    low, high = _subsampled_gaussian_cdf(q, sigma, np.array([t_min, t_max]))
+    return float(low), float(high - low)
+
+
 def _truncated_mean(q: float, sigma: float, t_min: float, t_max: float) -> float:
     """The mean of Opacus's ``TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q,
     sigma), t_min, t_max)``, integrated where its CDF moves and in the variable it moves in.
@@ -177,32 +217,20 @@ def _truncated_mean(q: float, sigma: float, t_min: float, t_max: float) -> float
     16-point Gauss-Legendre rule with pieces half the smaller of the integrand's two scales
     (``1 / sigma``, 1) is exact to about 1e-14 (tests compare it with a tightly converged
     adaptive quadrature); outside it the integrand is the constant ``(0 or 1 - low) / mass``."""
-    from opacus.accountants.analysis.prv.prvs import SQRT2
+    z_one = _saturated_loss(sigma)  # above: the CDF is exactly 1.0
+    z_zero = -z_one  # below: both erfc terms are 2 (the CDF is 0)
 
-    c = 2 * SQRT2 * sigma
-    z_zero = (-_SATURATED_ARG * c - 1) / (2 * sigma**2)  # below: both erfc terms are 2 (the CDF is 0)
-    z_one = (_SATURATED_ARG * c + 1) / (2 * sigma**2)  # above: the CDF is exactly 1.0
-
-    def cdf_of_z(z: np.ndarray) -> np.ndarray:  # Opacus's PoissonSubsampledGaussianPRV.cdf at t(z)
-        return (
-            -q * special.erfc((2 * z * sigma**2 - 1) / c) / 2
-            - (1 - q) * special.erfc((2 * z * sigma**2 + 1) / c) / 2
-            + 1.0
-        )
-
-    def z_of(t: float) -> float:  # the inverse of t(z) = log(1 - q + q e^z); -inf at or below log(1 - q)
+    def z_of(t: float) -> float:  # -inf at or below log(1 - q), where the CDF is 0
         if q == 1.0:
             return t
-        if t > 0:  # e^t may overflow (a domain past 700 at tiny noise): z = t + log(1 - (1-q) e^-t) - log q
-            return t + math.log1p(-(1 - q) * math.exp(-t)) - math.log(q)
-        ratio = (math.exp(t) + q - 1) / q
-        return math.log(ratio) if ratio > 0 else -math.inf
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = float(_loss_of(q, np.array([t]))[0])
+        return z if z > -math.inf else -math.inf  # log of 0 or less (nan) below the PRV's support
 
     def t_of(z: float) -> float:
         return z if q == 1.0 else float(np.logaddexp(z + math.log(q), math.log1p(-q)))
 
-    low = float(_subsampled_gaussian_cdf(q, sigma, np.array([t_min]))[0])
-    mass = float(_subsampled_gaussian_cdf(q, sigma, np.array([t_max]))[0]) - low
+    low, mass = _low_and_mass(q, sigma, t_min, t_max)
     integral = 0.0  # of the untruncated CDF over [t_min, t_max]
     z_lo, z_hi = max(z_zero, z_of(t_min)), min(z_one, z_of(t_max))
     if z_hi > z_lo:
@@ -211,7 +239,7 @@ def _truncated_mean(q: float, sigma: float, t_min: float, t_max: float) -> float
         half = np.diff(edges) / 2
         z = (edges[:-1] + half)[:, None] + half[:, None] * _GL_NODES[None, :]
         dt_dz = 1.0 if q == 1.0 else special.expit(z + math.log(q) - math.log1p(-q))
-        integral += float(((cdf_of_z(z) * dt_dz) @ _GL_WEIGHTS) @ half)
+        integral += float(((_cdf_of_loss(q, sigma, z) * dt_dz) @ _GL_WEIGHTS) @ half)
     t_one = t_of(z_one)
     if t_one < t_max:
         integral += t_max - max(t_one, t_min)
@@ -229,33 +257,18 @@ def _subsampled_gaussian_cdf(q: float, sigma: float, t: np.ndarray) -> np.ndarra
     loss of the Gaussian comes from ``z = t + log(1 - (1 - q) e^-t) - log q``, which does not
     overflow (found in review: at noise 0.02, Opacus put the half of a step's privacy loss that
     lies near 1,250 at 710)."""
-    from opacus.accountants.analysis.prv.prvs import SQRT2
-
     low = np.log(1 - q)
-    z_one = (_SATURATED_ARG * 2 * SQRT2 * sigma + 1) / (2 * sigma**2)
-    t_one = np.logaddexp(z_one + math.log(q), low)  # log(q e^z + 1 - q): where z reaches z_one
+    t_one = np.logaddexp(_saturated_loss(sigma) + math.log(q), low)  # log(q e^z + 1 - q) at the saturated loss
     out = np.where(t >= t_one, 1.0, 0.0)
     band = (t > low) & (t < t_one)
-    tb = t[band]
-    with np.errstate(over="ignore"):
-        z = np.log((np.exp(tb) + q - 1) / q)
-    far = tb > _EXP_SAFE
-    if far.any():
-        z[far] = tb[far] + np.log1p(-(1 - q) * np.exp(-tb[far])) - math.log(q)
-    out[band] = (
-        -q * special.erfc((2 * z * sigma**2 - 1) / (2 * SQRT2 * sigma)) / 2
-        - (1 - q) * special.erfc((2 * z * sigma**2 + 1) / (2 * SQRT2 * sigma)) / 2
-        + 1.0
-    )
+    out[band] = _cdf_of_loss(q, sigma, _loss_of(q, t[band]))
     return out
 
 
 def _truncated_cdf(q: float, sigma: float, domain, t: np.ndarray) -> np.ndarray:
     """``TruncatedPrivacyRandomVariable(PoissonSubsampledGaussianPRV(q, sigma), t_min, t_max).cdf(t)``
     of Opacus on ``domain``'s ends, with the inner CDF from :func:`_subsampled_gaussian_cdf`."""
-    ends = _subsampled_gaussian_cdf(q, sigma, np.array([domain.t_min, domain.t_max]))
-    low = ends[0]
-    mass = ends[1] - low  # Opacus's _remaining_mass, the same subtraction
+    low, mass = _low_and_mass(q, sigma, domain.t_min, domain.t_max)
     inside = (_subsampled_gaussian_cdf(q, sigma, t) - low) / mass
     return np.where(t < domain.t_min, 0.0, np.where(t < domain.t_max, inside, 1.0))
 
