@@ -256,8 +256,7 @@ def train_local(
                     bookkeeping.gradients(model, criterion, xb, yb, done)
                 elif len(yb) > 0 and privacy is None and 0 < plan.physical_batch < len(yb):
                     # the batch's mean loss, accumulated over chunks of at most physical_batch records
-                    for start in range(0, len(yb), plan.physical_batch):
-                        part = slice(start, start + plan.physical_batch)
+                    for part in _chunks(len(yb), plan.physical_batch):
                         (loss_fn(model(xb[part]), yb[part]) * (len(yb[part]) / len(yb))).backward()
                 elif len(yb) > 0:
                     loss = loss_fn(model(xb), yb)
@@ -331,6 +330,12 @@ def _closing(step: _BookKeepingStep | None) -> Iterator[None]:
             step.close()
 
 
+def _chunks(records: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` of a batch of ``records`` (a physical batch each)."""
+    for start in range(0, records, size):
+        yield slice(start, start + size)
+
+
 class ShuffledBatches:
     """Non-private mini-batches: a fresh permutation per pass (what ``DataLoader(shuffle=True)``
     draws), indexed in one gather per batch instead of collated record by record."""
@@ -378,10 +383,8 @@ class _BookKeepingStep:
         if len(yb) > 0:
             # chunk by chunk when the sampled batch is larger than the physical batch: each
             # example is clipped on its own, so the chunks' clipped sums add up to the batch's
-            chunk = self.physical_batch or len(yb)
-            for start in range(0, len(yb), chunk):
-                part = slice(start, start + chunk)
-                self.engine.clipped_sum(model, criterion, xb[part], yb[part], accumulate=start > 0)
+            for part in _chunks(len(yb), self.physical_batch or len(yb)):
+                self.engine.clipped_sum(model, criterion, xb[part], yb[part], accumulate=part.start > 0)
         else:  # an empty Poisson batch is still a step: pure noise
             for p in params:
                 p.summed_grad = torch.zeros_like(p)
