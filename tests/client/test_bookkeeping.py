@@ -3,6 +3,8 @@ the models it must refuse. The reference is always a loop of one backward pass p
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,32 @@ def test_an_example_gradients_squared_norm_is_not_under_estimated() -> None:
     row[0, :2] = 0.5**0.5
     exact = float(row.double().pow(2).sum())
     assert float(bookkeeping._squares(row)[0]) >= exact * (1 - 1e-6)
+
+
+def test_outer_product_norms_hold_where_a_float32_square_would_under_or_overflow() -> None:
+    """A crafted MLP: a frozen first layer scaled by 1e-24 and a last layer by 1e22, so that the
+    middle layer's inputs square below float32's range (1e-49 -> 0) and its output gradients
+    above it (1e44 -> inf), while each record's gradient there is about 0.05. Each factor of
+    the norm in float64: every record clipped to the bound as a float64 brute force clips it,
+    none dropped as non-finite (0 * inf) and none released unclipped."""
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 4, bias=False), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(1e-24)
+        model[2].weight.mul_(1e22)
+    model[0].weight.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand((7, 6), generator=g), torch.randint(0, 3, (7,), generator=g)
+    hidden = model[0](x)
+    assert float((hidden * hidden).sum(dim=1).max()) == 0.0, "the test needs inputs whose float32 squares vanish"
+    bound = 0.01
+    expected = _brute_force(copy.deepcopy(model).double(), x.double(), y, bound)
+    engine = BookKeeping(model, bound)
+    factors = engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    assert (factors > 0).all() and (factors < 1).all(), "every record clipped, none dropped"
+    for p, e in zip(engine.params, expected, strict=True):
+        torch.testing.assert_close(p.summed_grad.double(), e, atol=1e-12, rtol=1e-4)
+    assert float(model[1].weight.summed_grad.norm()) > 1e-6, "the crafted layer must receive its clipped share"
+    engine.close()
 
 
 def test_a_crafted_model_gets_no_more_than_the_bound_from_any_record() -> None:
