@@ -179,11 +179,12 @@ class BookKeeping:
         norms = torch.maximum(squared.clamp(min=0).sqrt(), size / CANCELLATION_BOUND)
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         factors = torch.where(bad, torch.zeros_like(factors), factors)
+        dropped = bad if bool(bad.any()) else None  # checked once, not by every layer
         if not accumulate:
             for p in self.params:
                 p.summed_grad = torch.zeros_like(p)
         for part in parts:
-            part.add_clipped(factors, bad)
+            part.add_clipped(factors, dropped)
         return factors
 
 
@@ -208,7 +209,9 @@ class _Part:
     def squared_norms(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor | None) -> None:
+        """Add ``sum_i factors_i grad_i`` to the parameters' ``summed_grad`` (``bad``: the
+        examples to leave out, whose terms are not finite; ``None`` when there are none)."""
         raise NotImplementedError
 
 
@@ -260,9 +263,9 @@ def _squares(rows: torch.Tensor) -> torch.Tensor:
     return (rows * rows).sum(dim=1)
 
 
-def _finite(t: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+def _finite(t: torch.Tensor, bad: torch.Tensor | None) -> torch.Tensor:
     """``t`` with the examples ``bad`` zeroed (``0 * inf`` would be NaN in the sum)."""
-    if bool(bad.any()):
+    if bad is not None:
         t = t.clone()
         t[bad] = 0
     return t
@@ -297,7 +300,7 @@ class _Matmul(_Part):
             out += _squares(self.bias_per_example)
         return out
 
-    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor | None) -> None:
         weight = self.module.weight
         if self.weight:
             if self.per_example is not None:
@@ -364,7 +367,7 @@ class _Embedding(_Part):
         squared, self.size = _ghost_squared_norms(same, torch.bmm(g64, g64.transpose(1, 2)), g64.shape[2])
         return squared
 
-    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor | None) -> None:
         weight = self.module.weight
         scaled = _finite(self.g, bad) * factors[:, None, None]
         weight.summed_grad.index_add_(0, self.a.reshape(-1), scaled.reshape(-1, scaled.shape[-1]))
@@ -399,7 +402,7 @@ class _Norm(_Part):
                 out += _squares(t)
         return out
 
-    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor) -> None:
+    def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor | None) -> None:
         for t, p in ((self.w, self.module.weight), (self.b, self.module.bias)):
             if t is not None:
                 p.summed_grad += (factors @ _finite(t, bad)).reshape(p.shape)
