@@ -4,6 +4,8 @@ site reads its own file; a deployed server needs no data to build the model."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from common.data.schema import BUILTIN_SCHEMAS
 from common.dataset import Dataset, Modality
 from common.errors import ConfigError, DataError
 from common.federation import (
+    _keyed_hashes,
     local_site_data,
     model_spec,
     pool_and_test,
@@ -94,6 +97,19 @@ def test_split_records_is_a_pure_function_of_the_spec() -> None:
     np.testing.assert_array_equal(a[0], b[0])
     assert 60 < len(a[1]) < 140 and set(a[0]).isdisjoint(a[1]) and len(a[0]) + len(a[1]) == 500
     assert len(split_records(_records(2), val_fraction=0.9, split_seed=0)[0]) == 1  # a training record stays
+
+
+@pytest.mark.parametrize("seed", [0, 5, -3, 2**120])
+@pytest.mark.parametrize("shape", [(40, 3), (12, 1, 8, 8), (9,)])
+def test_split_hash_is_hmac_sha256_of_each_record(seed: int, shape: tuple[int, ...]) -> None:
+    """The split's keyed hash (inner and outer SHA-256 states made once) gives exactly the
+    bytes of ``hmac.new``: the same split as before it was made faster, for any record shape."""
+    rng = np.random.default_rng(seed % 97)
+    x, y = rng.random(shape).astype(np.float32), rng.integers(0, 4, shape[0])
+    key = seed.to_bytes(16, "big", signed=True)
+    expected = [int.from_bytes(hmac.new(key, x[i].tobytes() + y[i].tobytes(), hashlib.sha256).digest()[:8], "big")
+                for i in range(shape[0])]  # fmt: skip
+    assert _keyed_hashes(key, x, y).tolist() == [float(e) for e in expected]
 
 
 def test_adding_one_record_moves_no_other_record_across_the_split() -> None:
