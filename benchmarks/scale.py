@@ -5,7 +5,8 @@ ledgers, Opacus) of the ``banks-credit-1000`` scenario by default, and samples t
 the whole process tree (this process, Ray's services and every worker) twice a second:
 
     python -m benchmarks.scale                                   # 1,000 sites, 100 per round
-    python -m benchmarks.scale --sites 10000 --set synthetic-records=300000   # 10,000 registered
+    python -m benchmarks.scale --sites 10000 --per-round 100 --set synthetic-records=300000   # 10,000 registered
+    python -m benchmarks.scale --engine-polling flower          # Flower's engine polling, for the ratio
 
 Prints and writes (--json) rounds per minute (steady: every round after the first, which
 also starts the workers), seconds per round, and the peak resident memory of the tree (the sum
@@ -29,19 +30,29 @@ from benchmarks.common import finish, scenario_config
 
 
 class TreeMemory:
-    """Peak of the summed RSS of this process and all its descendants, sampled in a thread."""
+    """Peak of the summed RSS of this process and all its descendants, sampled in a thread.
 
-    def __init__(self, interval: float = 0.5) -> None:
+    The descendants are listed again every ``rescan`` samples (psutil reads every process's
+    parent id in /proc to list them: the sampler used a sixth of a core here when it did so
+    twice a second); their memory is read at every sample."""
+
+    def __init__(self, interval: float = 0.5, rescan: int = 4) -> None:
         self.interval = interval
+        self.rescan = rescan
         self.peak = 0
         self.peak_processes = 0
+        self._tree: list[psutil.Process] = []
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> int:
-        me = psutil.Process()
+        if self._samples % self.rescan == 0:
+            me = psutil.Process()
+            self._tree = [me, *me.children(recursive=True)]
+        self._samples += 1
         total, count = 0, 0
-        for proc in [me, *me.children(recursive=True)]:
+        for proc in self._tree:
             try:
                 total += proc.memory_info().rss
                 count += 1
@@ -72,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--per-round", type=int, help="sites sampled per round (default: the scenario's fraction)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any scenario setting")
+    parser.add_argument(
+        "--engine-polling",
+        choices=("sweep", "flower"),
+        default="sweep",
+        help="the engine's message thread: one sweep per poll (fedshield's default) or Flower's per-site calls",
+    )
     parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/scale.json"))
     return parser
 
@@ -87,13 +104,18 @@ def _config(args: argparse.Namespace, out: Path):
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from simulations import engine_polling
     from simulations.harness import simulate
 
     work = Path(tempfile.mkdtemp(prefix="fedshield-scale-"))
     cfg = _config(args, work / "run")
+    os.environ[engine_polling.ENV] = args.engine_polling
     start = time.perf_counter()
-    with TreeMemory() as memory:
-        metrics = simulate(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        with TreeMemory() as memory:
+            metrics = simulate(cfg, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        os.environ.pop(engine_polling.ENV, None)
     wall = time.perf_counter() - start
     rounds = metrics["rounds"]
     seconds = [float(r["seconds"]) for r in rounds]
@@ -103,6 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "command": " ".join(["python", "-m", "benchmarks.scale", *sys.argv[1:]]),
         "scenario": args.scenario,
+        "engine_polling": args.engine_polling,
         "sites": cfg.federation.sites,
         "sampled_per_round": trained,
         "rounds": len(rounds),
@@ -123,7 +146,8 @@ def report(result: dict[str, Any]) -> str:
         [
             result["command"],
             f"{result['sites']} sites registered, {max(result['sampled_per_round'])} trained per round, "
-            f"{result['rounds']} rounds on {result['cpus']} CPUs: {result['wall_s']:.1f} s in all",
+            f"{result['rounds']} rounds on {result['cpus']} CPUs: {result['wall_s']:.1f} s in all "
+            f"(engine polling: {result['engine_polling']})",
             "seconds per round: " + ", ".join(f"{s:.1f}" for s in result["round_s"]),
             f"rounds per minute: {result['rounds_per_minute_steady']:.1f} steady (after round 1), "
             f"{result['rounds_per_minute_overall']:.1f} overall",

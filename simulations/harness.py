@@ -247,6 +247,7 @@ def simulate(
     from client.app import make_client_app
     from server.app import make_server_app
     from simulations.attacks import attack_mod, parse_attacks
+    from simulations.engine_polling import polled_once_per_sweep
     from simulations.site_worker import WORKER_ENV, quiet_flower
     from simulations.watchdog import leave_nothing_behind
 
@@ -269,7 +270,9 @@ def simulate(
     engine_gone = threading.Event()  # tells the server loop that no reply will come
     try:
         # No Ray process outlives this run, even after kill -9.
-        with leave_nothing_behind(), _worker_environment(WORKER_ENV):
+        # Flower's engine as it ships, but its message thread sweeps the link state once per
+        # poll instead of once per registered site (simulations/engine_polling.py).
+        with leave_nothing_behind(), _worker_environment(WORKER_ENV), polled_once_per_sweep():
             try:
                 run_simulation(
                     server_app=make_server_app(cfg, progress=progress, stop=engine_gone),
