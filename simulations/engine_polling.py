@@ -89,10 +89,13 @@ def applicable() -> str:
         from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkState
     except ImportError as exc:  # another Flower layout
         return f"Flower's engine is laid out differently ({exc})"
-    found = {
-        "add_messages_to_queue": _sha256(vce_api.add_messages_to_queue),
-        "get_message_ins": _sha256(InMemoryLinkState.get_message_ins),
-    }
+    try:
+        found = {
+            "add_messages_to_queue": _sha256(vce_api.add_messages_to_queue),
+            "get_message_ins": _sha256(InMemoryLinkState.get_message_ins),
+        }
+    except (OSError, TypeError) as exc:  # installed without its .py sources: nothing to compare
+        return f"Flower's source cannot be read ({exc})"
     changed = [name for name, sha in found.items() if sha != _KNOWN_SOURCES[name]]
     return f"Flower's {', '.join(changed)} differ from the version this was written for" if changed else ""
 

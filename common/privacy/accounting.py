@@ -168,15 +168,13 @@ def calibrate_noise(
     probes = [(low, eps_low), (high, eps_high)]
     while high - low > 1e-4 * high and target_epsilon - eps_high > tolerance:
         mid = 0.5 * (low + high)
-        (s0, e0), (s1, e1) = probes[-2:]
-        if not (min(s0, s1) > 0 and 0 < min(e0, e1) and max(e0, e1) < math.inf and s0 != s1 and e0 != e1):
-            (s0, e0), (s1, e1) = (low, eps_low), (high, eps_high)
-        if s0 > 0 and s1 > 0 and 0 < min(e0, e1) and max(e0, e1) < math.inf and s0 != s1 and e0 != e1:
-            x0, x1 = math.log(s0), math.log(s1)
-            y0, y1 = math.log(e0), math.log(e1)
-            guess = math.exp(x0 + (math.log(aim) - y0) * (x1 - x0) / (y1 - y0))
-            margin = 0.02 * (high - low)
-            mid = min(max(guess, low + margin), high - margin)
+        margin = 0.02 * (high - low)
+        line = _secant(*probes[-2:]) or _secant((low, eps_low), (high, eps_high))
+        if line is not None and low + margin > 0:
+            x0, y0, run_over_rise = line
+            # in log space, clamped into the bracket before exp (a flat secant overflows)
+            x = x0 + (math.log(aim) - y0) * run_over_rise
+            mid = math.exp(min(max(x, math.log(low + margin)), math.log(high - margin)))
         eps_mid = spent(mid)
         probes.append((mid, eps_mid))
         if eps_mid <= target_epsilon:
@@ -191,7 +189,8 @@ def _bracket(
 ) -> tuple[float, float, float, float]:
     """(low, spent(low), high, spent(high)) with ``spent(high) <= target`` and, unless ``high``
     is already within ``tolerance`` of the target (then ``low = 0``, ``spent(low) = inf``),
-    ``spent(low) > target``; ``high > _SIGMA_MAX`` when no sigma up to that meets the target.
+    ``spent(low) > target``; ``high = inf`` when no sigma up to ``_SIGMA_MAX`` (which is tried)
+    meets the target.
 
     Probes from sigma = ``start`` along the log-log secant through the last two probes, aimed at
     ``aim`` (epsilon falls about as 1/sigma to 1/sigma^2.5 over the range that matters; slope
@@ -211,18 +210,28 @@ def _bracket(
             low, eps_low = sigma, eps
             if math.isfinite(high):
                 return low, eps_low, high, eps_high
-        slope = -1.0
-        if previous is not None and 0 < eps < math.inf and 0 < previous[1] < math.inf:
-            ratio = (math.log(eps) - math.log(previous[1])) / (math.log(sigma) - math.log(previous[0]))
-            slope = ratio if ratio < 0 else slope
+            if sigma >= _SIGMA_MAX:  # the largest noise allowed, tried, is not enough
+                return low, eps_low, math.inf, 0.0
+        line = _secant(previous, (sigma, eps)) if previous is not None else None
+        slope = 1.0 / line[2] if line is not None and line[2] < 0 else -1.0
         if eps == math.inf:
-            factor = 16.0
+            log_factor = math.log(16.0)
         elif eps <= 0:
-            factor = 0.5
-        else:
-            factor = math.exp((math.log(aim) - math.log(eps)) / slope)
+            log_factor = math.log(0.5)
+        else:  # clamped in log space before exp: a nearly flat secant would overflow
+            log_factor = min(max((math.log(aim) - math.log(eps)) / slope, math.log(0.5)), math.log(16.0))
         previous = (sigma, eps)
-        sigma *= min(max(factor, 0.5), 16.0)
-        if sigma > _SIGMA_MAX:
-            return low, eps_low, sigma, 0.0
+        sigma = min(sigma * math.exp(log_factor), _SIGMA_MAX)  # _SIGMA_MAX itself is tried
         eps = spent(sigma)
+
+
+def _secant(a: tuple[float, float] | None, b: tuple[float, float]) -> tuple[float, float, float] | None:
+    """The log-log line through the probes ``a`` and ``b`` (sigma, epsilon) as (log sigma_a,
+    log epsilon_a, d log sigma / d log epsilon), or ``None`` where it is not defined (a probe at
+    sigma 0 or with epsilon 0 or infinite, or equal logs)."""
+    if a is None or not (a[0] > 0 and b[0] > 0 and 0 < a[1] < math.inf and 0 < b[1] < math.inf):
+        return None
+    x0, x1, y0, y1 = math.log(a[0]), math.log(b[0]), math.log(a[1]), math.log(b[1])
+    if x0 == x1 or y0 == y1:
+        return None
+    return x0, y0, (x1 - x0) / (y1 - y0)

@@ -111,6 +111,26 @@ def test_calibration_meets_the_target_within_tolerance_in_few_evaluations(
     assert len(calls) <= 7, calls
 
 
+@pytest.mark.parametrize(
+    "prior, q, steps, answer",
+    [
+        (DpSgdEvent(3.0, 1.0, 1), 0.5, 1, 2000.0),  # found in review: the x16 step jumped past the limit
+        (DpSgdEvent(3.0, 1.0, 1), 1.0, 1, 8000.0),
+        (DpSgdEvent(2.0, 0.1, 50), 0.5, 1, 9000.0),  # a nearly flat epsilon: the secant's step overflowed exp
+    ],
+)
+def test_calibration_near_the_noise_limit_finds_a_safe_sigma(
+    prior: DpSgdEvent, q: float, steps: int, answer: float
+) -> None:
+    """Where the prior spend leaves almost nothing, the answer lies near the largest noise
+    allowed: the search tries that limit itself instead of giving up at the step before it,
+    and a flat epsilon curve never overflows the secant's step."""
+    target = epsilon([prior, DpSgdEvent(answer, q, steps)], delta=DELTA)
+    sigma = calibrate_noise(target_epsilon=target, delta=DELTA, sample_rate=q, steps=steps, prior=[prior])
+    assert epsilon([prior, DpSgdEvent(sigma, q, steps)], delta=DELTA) <= target
+    assert sigma <= 1e4
+
+
 def test_calibration_accounts_for_prior_spend() -> None:
     prior = [DpSgdEvent(3.0, 0.1, 100)]
     sigma = calibrate_noise(target_epsilon=3.0, delta=DELTA, sample_rate=0.1, steps=100, prior=prior)

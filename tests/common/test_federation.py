@@ -204,3 +204,15 @@ def test_a_sites_outlier_moves_no_other_records_inputs(tmp_path: Path) -> None:
 
     before, after = rows(base), rows(neighbour)
     assert before < after and len(after - before) == 1
+
+
+@pytest.mark.parametrize("dtype", [">i8", "<U3", "int32"])
+def test_split_hash_is_hmac_sha256_for_any_label_dtype(dtype: str) -> None:
+    """Byte order and string labels (whose ``y[i].tobytes()`` is not a slice of the array's
+    bytes) hash as ``hmac.new`` hashes them (found in review)."""
+    x = np.random.default_rng(0).random((6, 2)).astype(np.float32)
+    y = np.array(["a", "bb", "c", "ddd", "e", "f"]).astype(dtype) if "U" in dtype else np.arange(6).astype(dtype)
+    key = (7).to_bytes(16, "big", signed=True)
+    expected = [int.from_bytes(hmac.new(key, x[i].tobytes() + y[i].tobytes(), hashlib.sha256).digest()[:8], "big")
+                for i in range(6)]  # fmt: skip
+    assert _keyed_hashes(key, x, y).tolist() == [float(e) for e in expected]

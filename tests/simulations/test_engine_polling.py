@@ -141,3 +141,13 @@ def test_left_as_flower_ships_it_when_its_source_differs(monkeypatch: pytest.Mon
     assert "get_message_ins" in engine_polling.applicable()
     with engine_polling.polled_once_per_sweep() as active:
         assert not active and vce_api.add_messages_to_queue is original
+
+
+def test_left_as_flower_ships_it_when_its_source_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_source(_fn: object) -> str:
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(engine_polling.inspect, "getsource", no_source)
+    assert "cannot be read" in engine_polling.applicable()
+    with engine_polling.polled_once_per_sweep() as active:
+        assert not active
