@@ -75,7 +75,8 @@ _SLOW_FOLDERS = ("simulations", "deployment")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end tests (whole simulations, a real deployment) are ``slow``: ``pytest -m 'not
-    slow'`` is the fast subset for development; CI runs everything."""
+    slow'`` is the fast subset for development; CI runs everything. A module there marked
+    ``unit`` (``pytestmark = pytest.mark.unit``) runs no simulation and stays in the fast subset."""
     for item in items:
-        if Path(str(item.fspath)).parent.name in _SLOW_FOLDERS:
+        if Path(str(item.fspath)).parent.name in _SLOW_FOLDERS and item.get_closest_marker("unit") is None:
             item.add_marker(pytest.mark.slow)

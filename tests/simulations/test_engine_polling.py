@@ -10,6 +10,8 @@ import pytest
 
 from simulations import engine_polling
 
+pytestmark = pytest.mark.unit  # no simulation runs here: in the fast subset
+
 
 @pytest.fixture
 def link_state() -> Iterator[tuple[Any, Any, dict[int, int]]]:
