@@ -102,7 +102,7 @@ def test_split_records_is_a_pure_function_of_the_spec() -> None:
 @pytest.mark.parametrize("seed", [0, 5, -3, 2**120])
 @pytest.mark.parametrize("shape", [(40, 3), (12, 1, 8, 8), (9,)])
 def test_split_hash_is_hmac_sha256_of_each_record(seed: int, shape: tuple[int, ...]) -> None:
-    """The split's keyed hash (inner and outer SHA-256 states made once) gives exactly the
+    """The split's keyed hash (one keyed HMAC object copied per record) gives exactly the
     bytes of ``hmac.new``: the same split as before it was made faster, for any record shape."""
     rng = np.random.default_rng(seed % 97)
     x, y = rng.random(shape).astype(np.float32), rng.integers(0, 4, shape[0])
