@@ -170,7 +170,7 @@ def calibrate_noise(
         mid = 0.5 * (low + high)
         margin = 0.02 * (high - low)
         line = _secant(*probes[-2:]) or _secant((low, eps_low), (high, eps_high))
-        if line is not None and low + margin > 0:
+        if line is not None:
             x0, y0, run_over_rise = line
             # in log space, clamped into the bracket before exp (a flat secant overflows)
             x = x0 + (math.log(aim) - y0) * run_over_rise
@@ -212,7 +212,7 @@ def _bracket(
                 return low, eps_low, high, eps_high
             if sigma >= _SIGMA_MAX:  # the largest noise allowed, tried, is not enough
                 return low, eps_low, math.inf, 0.0
-        line = _secant(previous, (sigma, eps)) if previous is not None else None
+        line = _secant(previous, (sigma, eps))
         slope = 1.0 / line[2] if line is not None and line[2] < 0 else -1.0
         if eps == math.inf:
             log_factor = math.log(16.0)
