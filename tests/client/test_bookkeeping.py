@@ -121,6 +121,45 @@ def test_conv_example_gradients_equal_brute_force_for_any_geometry(
     engine.close()
 
 
+class _Grouped(nn.Module):
+    """Linear -> GroupNorm on inputs of any rank -> Linear: a batch of (N, C, *positions)."""
+
+    def __init__(self, positions: tuple[int, ...], trainable: str) -> None:
+        super().__init__()
+        self.positions = positions
+        self.lift = nn.Linear(2, 6)
+        self.gn = nn.GroupNorm(3, 6)
+        self.head = nn.Linear(6 * max(1, int(np.prod(positions))), 3)
+        for name in ("weight", "bias"):
+            getattr(self.gn, name).requires_grad_(name in trainable)
+        with torch.no_grad():  # not the identity affine map, so that the weight's gradient matters
+            self.gn.weight.uniform_(0.5, 2.0)
+            self.gn.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lift(x)  # (N, *positions, 6)
+        h = h.movedim(-1, 1)  # (N, 6, *positions): not contiguous
+        return self.head(torch.tanh(self.gn(h)).flatten(1))
+
+
+@pytest.mark.parametrize("positions", [(), (5,), (3, 4), (2, 3, 2)], ids=["NC", "NCL", "NCHW", "NCDHW"])
+@pytest.mark.parametrize("trainable", ["weight bias", "weight", "bias"])
+def test_group_norm_example_gradients_equal_brute_force(positions: tuple[int, ...], trainable: str) -> None:
+    """GroupNorm's example gradients come from one fused backward over the batch laid out as one
+    example of N*C channels: each group must keep its own example's statistics, for any rank."""
+    torch.manual_seed(4)
+    model = _Grouped(positions, trainable)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn((7, *positions, 2), generator=g) * 2, torch.randint(0, 3, (7,), generator=g)
+    bound = 0.05
+    expected = _brute_force(model, x, y, bound)
+    engine = BookKeeping(model, bound)
+    factors = engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    assert (factors < 1).all()
+    for p, e in zip(engine.params, expected, strict=True):
+        torch.testing.assert_close(p.summed_grad, e, atol=1e-6, rtol=1e-4)
+
+
 def test_an_example_gradients_squared_norm_is_not_under_estimated() -> None:
     """A row with a few large entries and millions of tiny ones (one ResNet-18 conv layer's
     gradient): a float32 reduction that loses the small terms under-estimates the norm, and the
