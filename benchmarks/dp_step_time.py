@@ -17,9 +17,10 @@ variants side by side ``--repeats`` times:
   Gaussian draws per coordinate (the defence against floating-point attacks); stock Opacus
   draws once (its secure mode needs torchcsprng, which has no build for this torch).
 
-Steady step time (median seconds per step, setup timed apart), samples per second and peak
-memory (CUDA: the variant's peak allocation; CPU: the peak RSS of a process that runs that
-variant alone) are printed with ratios to ``plain`` and written as JSON (--json):
+Steady step time (the median over every step but the first of each run: setup and first
+steps are timed apart), samples per second and peak memory (CUDA: the variant's peak
+allocation; CPU: the peak RSS of a process that runs that variant alone) are printed with
+ratios to ``plain`` and written as JSON (--json):
 
     python -m benchmarks.dp_step_time --quick       # small sizes, a few minutes on a CPU, < 8 GB
     python -m benchmarks.dp_step_time               # full sizes (a GPU when present)
@@ -134,10 +135,13 @@ def _sync(device: torch.device) -> None:
 
 def _fedshield(
     case: Case, device: torch.device, private: bool, noise: str, physical: int = 0
-) -> tuple[float, float, int]:
-    """(setup seconds, steady seconds, steps) of one train_local round (``physical``: at most
-    that many records through the model at once)."""
-    from client.dp_trainer import LocalPlan, PrivacyPlan, sampling, train_local
+) -> tuple[float, list[float]]:
+    """(setup seconds, steady steps' seconds) of one train_local round (``physical``: at most that
+    many records through the model at once). Steady: every step after the first, each from the
+    end of one optimizer step to the end of the next (see :func:`_steady`)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
     from common import profiling
     from common.models import build_model
     from common.privacy.noise import reproducible, secret
@@ -146,19 +150,45 @@ def _fedshield(
     model = build_model(case.spec, seed=0)
     privacy = PrivacyPlan(1.0, 1.0, "auto", fault="noise-off" if noise == "off" else "") if private else None
     _sync(device)
-    rng = secret() if noise == "secret" else reproducible(0)
-    with profiling.recording():
-        profiling.start()
-        train_local(model, case.data, plan, privacy=privacy, randomness=rng, task=case.task, device=device,
-                    own_model=True)  # fmt: skip
-        _sync(device)
-        spans = profiling.take()
-    steps = sampling(len(case.data), plan)[1]
-    return spans.get("opacus setup", spans.get("setup", 0.0)), spans.get("sgd steps", 0.0), steps
+    # Only the reproducible variant samples from a public seed: the others draw their Poisson
+    # batches secretly, as a site does (a fixed seed gave `noise off` the same four batch sizes
+    # every run, 17.75 records on average against 16 expected).
+    rng = reproducible(0) if noise == "reproducible" else secret()
+    ends: list[float] = []
+
+    def step_ended(optimizer: torch.optim.Optimizer, *_: object) -> None:
+        if type(optimizer) is torch.optim.SGD:  # the plain SGD inside (Opacus's DPOptimizer wraps it)
+            _sync(device)
+            ends.append(time.perf_counter())
+
+    hook = register_optimizer_step_post_hook(step_ended)
+    try:
+        with profiling.recording():
+            profiling.start()
+            train_local(model, case.data, plan, privacy=privacy, randomness=rng, task=case.task, device=device,
+                        own_model=True)  # fmt: skip
+            spans = profiling.take()
+    finally:
+        hook.remove()
+    return spans.get("opacus setup", spans.get("setup", 0.0)), _steady(ends)
 
 
-def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, float, int]:
-    """(setup seconds, steady seconds, steps) of a stock Opacus round (as its tutorials write it)."""
+def _steady(ends: list[float]) -> list[float]:
+    """Each step's seconds after the first, from the end of one optimizer step to the end of the
+    next. The first step is timed with neither setup nor steady steps: it pays what a site's
+    process pays once (lazy initialisation, kernels for new shapes) and, here, page faults on the
+    memory handed back to the system before every variant (:func:`_release_memory`), which cost
+    the engines that keep more per step (per-example gradients) more: a step on a larger Poisson
+    batch than any before it in the run page-faults again, 20-30 ms of a 100 ms ResNet-18 step
+    (a site's process keeps its heap from round to round). The worker takes the median over
+    every steady step of every run."""
+    if len(ends) < 2:
+        raise RuntimeError(f"{len(ends)} optimizer steps: at least two are needed to time a steady step")
+    return [b - a for a, b in zip(ends, ends[1:], strict=False)]
+
+
+def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, list[float]]:
+    """(setup seconds, steady steps' seconds) of a stock Opacus round (as its tutorials write it)."""
     import warnings
 
     from opacus import PrivacyEngine
@@ -187,7 +217,7 @@ def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, float, i
     model.train()
     _sync(device)
     setup = time.perf_counter() - start
-    start, steps = time.perf_counter(), 0
+    ends = []
     for xb, yb in loader:
         xb, yb = xb.to(device), yb.to(device)
         optimizer.zero_grad(set_to_none=True)
@@ -197,9 +227,9 @@ def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, float, i
         loss = criterion(logits, yb)
         loss.backward()
         optimizer.step()
-        steps += 1
-    _sync(device)
-    return setup, time.perf_counter() - start, steps
+        _sync(device)
+        ends.append(time.perf_counter())
+    return setup, _steady(ends)
 
 
 def _release_memory() -> None:
@@ -215,7 +245,7 @@ def _release_memory() -> None:
         pass
 
 
-def _variant(case: Case, device: torch.device, name: str) -> tuple[float, float, int]:
+def _variant(case: Case, device: torch.device, name: str) -> tuple[float, list[float]]:
     _release_memory()
     if name == "fedshield, noise off (insecure)":
         return _fedshield(case, device, True, "off")
@@ -255,21 +285,21 @@ def worker(
     if memory_only:
         out["peak_rss_gib"] = _peak_rss_gib()
         return out
-    runs: dict[str, list[tuple[float, float, int, float]]] = {n: [] for n in alive}
+    runs: dict[str, list[tuple[float, list[float], float]]] = {n: [] for n in alive}
     for _ in range(repeats):
         for name in alive:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            setup, steady, steps = _variant(case, device, name)
+            setup, steady = _variant(case, device, name)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-            runs[name].append((setup, steady, steps, peak))
+            runs[name].append((setup, steady, peak))
     for name, rows in runs.items():
-        per_step = statistics.median(s / max(n, 1) for _, s, n, _ in rows)
+        per_step = statistics.median(s for _, steady, _ in rows for s in steady)
         out["variants"][name] = {
             "step_s": per_step,
             "setup_s": statistics.median(r[0] for r in rows),
             "samples_per_s": case.batch / per_step if per_step > 0 else float("inf"),
-            "peak_gpu_gib": max(r[3] for r in rows),
+            "peak_gpu_gib": max(r[2] for r in rows),
         }
     if "fedshield" in alive:  # the mode auto chose (measured in the warm-up, now in the cache)
         from client.modes import choose
