@@ -342,9 +342,11 @@ class _Matmul(_Part):
         if self.ghost:
             weight = self.module.weight
             scaled = _finite(self.g, bad) * factors[:, None, None]
-            # sum_{i,t} c_i g_it a_it^T; einsum picks the layout (a conv's unfolded input is
-            # (B, in, T) underneath: no copy of it into (B*T, in) rows)
-            total = torch.einsum("bto,bti->oi", scaled, _finite(self.a, bad))
+            a = _finite(self.a, bad)
+            if a.is_contiguous():  # sum_{i,t} c_i g_it a_it^T as one matmul over the (B*T) rows
+                total = scaled.reshape(-1, scaled.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+            else:  # a conv's unfolded input, (B, in, T) underneath: einsum reads it where it lies
+                total = torch.einsum("bto,bti->oi", scaled, a)
             weight.summed_grad += total.reshape(weight.shape)
 
 
