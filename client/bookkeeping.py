@@ -441,11 +441,16 @@ def _group_norm_example_grads(
     over the positions to float32 rounding, without the normalised copy and the passes over it."""
     b, c = a.shape[0], a.shape[1]
     positions = math.prod(a.shape[2:])
-    x = a.reshape(1, b * c, positions)
+    # Both kernels read their inputs as contiguous memory (autograd hands them contiguous ones):
+    # a strided view, e.g. the gradient of a GroupNorm output later concatenated along its
+    # positions or summed over them, would give each record's row from other records' memory
+    # (found in review: one record moved the sum by 3.8 C).
+    x = a.reshape(1, b * c, positions).contiguous()
+    dy = g.reshape(1, b * c, positions).contiguous()
     _, mean, rstd = torch.native_group_norm(x, None, None, 1, b * c, positions, b * groups, eps)
     ones = torch.ones(b * c, dtype=a.dtype, device=a.device)  # the weight: not used for these two
     _, w, bias = torch.ops.aten.native_group_norm_backward(
-        g.reshape(1, b * c, positions), x, mean, rstd, ones, 1, b * c, positions, b * groups, [False, True, True]
+        dy, x, mean, rstd, ones, 1, b * c, positions, b * groups, [False, True, True]
     )
     return w.reshape(b, c), bias.reshape(b, c)
 

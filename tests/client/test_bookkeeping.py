@@ -160,6 +160,70 @@ def test_group_norm_example_gradients_equal_brute_force(positions: tuple[int, ..
         torch.testing.assert_close(p.summed_grad, e, atol=1e-6, rtol=1e-4)
 
 
+class _AfterGroupNorm(nn.Module):
+    """Linear -> GroupNorm over (N, 6, L), then its output concatenated along the positions or
+    summed over them: the gradient at the GroupNorm's output is then a strided view (found in
+    review: a kernel that read it as contiguous mixed the records' rows)."""
+
+    def __init__(self, after: str, positions: int = 5) -> None:
+        super().__init__()
+        self.after = after
+        self.lift = nn.Linear(2, 6)
+        self.gn = nn.GroupNorm(3, 6)
+        self.head = nn.Linear(6 * 2 * positions if after == "cat" else 6, 3)
+        for name, p in self.named_parameters():  # only the GroupNorm trains: its rows are the whole gradient
+            p.requires_grad_(name.startswith("gn."))
+        with torch.no_grad():
+            self.gn.weight.uniform_(0.5, 2.0)
+            self.gn.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.lift(x).movedim(-1, 1)  # (N, 6, L)
+        if self.after == "cat":
+            return self.head(torch.cat([self.gn(h), torch.tanh(h)], dim=2).flatten(1))
+        return self.head(self.gn(h).sum(dim=2))
+
+
+@pytest.mark.parametrize("after", ["cat", "sum"])
+@pytest.mark.parametrize("n", [1, 4, 16])
+def test_group_norm_example_gradients_hold_for_a_strided_output_gradient(after: str, n: int) -> None:
+    torch.manual_seed(4)
+    model = _AfterGroupNorm(after)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn((n, 5, 2), generator=g) * 2, torch.randint(0, 3, (n,), generator=g)
+    expected = _brute_force(model, x, y, 0.05)
+    engine = BookKeeping(model, 0.05)
+    engine.clipped_sum(model, nn.CrossEntropyLoss(), x, y)
+    for p, e in zip(engine.params, expected, strict=True):
+        torch.testing.assert_close(p.summed_grad, e, atol=1e-6, rtol=1e-4)
+
+
+def test_removing_one_record_moves_the_clipped_sum_by_at_most_the_bound() -> None:
+    """Add/remove-one neighbours, as an adversary would check the release: with output
+    gradients of one sign (a server's choice of head weights) the clipped sums of the batch and
+    of the batch without record j may differ by at most C, for every j."""
+    torch.manual_seed(4)
+    model = _AfterGroupNorm("cat")
+    with torch.no_grad():
+        model.head.weight.abs_()
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn((16, 5, 2), generator=g) * 2, torch.zeros(16, dtype=torch.long)
+    bound = 1e-3
+
+    def clipped_sum(keep: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        engine = BookKeeping(model, bound)
+        factors = engine.clipped_sum(model, nn.CrossEntropyLoss(), x[keep], y[keep])
+        engine.close()
+        return [p.summed_grad.double() for p in engine.params], factors
+
+    everyone, factors = clipped_sum(torch.ones(16, dtype=torch.bool))
+    assert (factors < 1).all(), "every record must be clipped, or the test does not test the bound"
+    for j in range(16):
+        rest, _ = clipped_sum(torch.arange(16) != j)
+        moved = float(torch.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(everyone, rest, strict=True))))
+        assert moved <= bound * (1 + 1e-5), (j, moved / bound)
+
+
 def test_an_example_gradients_squared_norm_is_not_under_estimated() -> None:
     """A row with a few large entries and millions of tiny ones (one ResNet-18 conv layer's
     gradient): a float32 reduction that loses the small terms under-estimates the norm, and the
