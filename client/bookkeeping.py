@@ -217,6 +217,9 @@ class _Block:
 
 def _blocks(examples: list[tuple[nn.Parameter, torch.Tensor]]) -> list[_Block]:
     """One block per large example gradient, and one for all the small ones side by side."""
+    for p, t in examples:  # a block is sliced back by each parameter's size: rows must match it
+        if t.dim() != 2 or t.shape[1] != p.numel():
+            raise RuntimeError(f"book-keeping: example gradients {tuple(t.shape)} for a parameter of {p.numel()}")
     small = [(p, t) for p, t in examples if t.shape[1] <= SMALL]
     blocks = [_Block([p], t) for p, t in examples if t.shape[1] > SMALL]
     if len(small) == 1:
