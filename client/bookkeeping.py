@@ -222,10 +222,9 @@ def _blocks(examples: list[tuple[nn.Parameter, torch.Tensor]]) -> list[_Block]:
             raise RuntimeError(f"book-keeping: example gradients {tuple(t.shape)} for a parameter of {p.numel()}")
     small = [(p, t) for p, t in examples if t.shape[1] <= SMALL]
     blocks = [_Block([p], t) for p, t in examples if t.shape[1] > SMALL]
-    if len(small) == 1:
-        blocks.append(_Block([small[0][0]], small[0][1]))
-    elif small:
-        blocks.append(_Block([p for p, _ in small], torch.cat([t for _, t in small], dim=1)))
+    if small:  # one small tensor is its own rows: no copy
+        rows = small[0][1] if len(small) == 1 else torch.cat([t for _, t in small], dim=1)
+        blocks.append(_Block([p for p, _ in small], rows))
     return blocks
 
 
