@@ -216,7 +216,7 @@ def _stock(case: Case, device: torch.device, mode: str) -> tuple[float, list[flo
     model.train()
     _sync(device)
     setup = time.perf_counter() - start
-    ends = []
+    ends: list[float] = []
     for xb, yb in loader:
         xb, yb = xb.to(device), yb.to(device)
         optimizer.zero_grad(set_to_none=True)

@@ -15,11 +15,9 @@ machine's speed drifts by 10-25% between runs, so only ratios taken side by side
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -37,14 +35,9 @@ def engine_at(revision: str) -> ModuleType:
     )
     if source.returncode != 0:
         raise SystemExit(f"--against {revision}: {source.stderr.strip()}")
-    folder = Path(tempfile.mkdtemp(prefix="fedshield-engine-"))
-    path = folder / "bookkeeping_then.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location("bookkeeping_then", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
+    module = ModuleType("bookkeeping_then")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source.stdout, f"{revision}:client/bookkeeping.py", "exec"), module.__dict__)
     return module
 
 
