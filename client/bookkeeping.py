@@ -43,6 +43,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.grad import conv2d_weight
 
+from client.precision import ieee_float32
+
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 # An example whose per-position terms sum to less than 1/CANCELLATION_BOUND of their total size
 # is clipped as if its norm were that size over CANCELLATION_BOUND: its gradient is then mostly
@@ -171,7 +173,13 @@ class BookKeeping:
             criterion.reduction = reduction
         records = [r for r in self._records.values() if r.g is not None]
         self._records = {}
-        batch = len(yb)
+        # the norms and the sum add the same float32 values (client/precision.py); convolutions
+        # here give materialised rows, whose norms and sums are both read from those rows
+        with ieee_float32(convolutions=False):
+            return self._reduce(records, len(yb), accumulate)
+
+    def _reduce(self, records: list[_Record], batch: int, accumulate: bool) -> torch.Tensor:
+        """The clip factors and clipped sum from the recorded inputs and output gradients."""
         device = self.params[0].device
         parts = [_Part.of(r, batch) for r in records]
         squared = torch.zeros(batch, dtype=torch.float32, device=device)

@@ -16,7 +16,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +33,7 @@ from client.canaries import (
     GradientCanaries,
     InputCanaries,
 )
+from client.precision import ieee_float32
 from common import profiling
 from common.config.sections import SIMULATED_FAULTS, GradSampleMode
 from common.dataset import Dataset
@@ -246,7 +247,11 @@ def train_local(
     profiling.lap("opacus setup" if privacy is not None else "setup")
     # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
     # caller's generator state is left as it was (secret, or from the public seed when asked).
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _closing(bookkeeping):
+    # Opacus computes per-example norms in its hooks and the clipped sum apart (ghost clipping:
+    # in a second backward pass): both in float32 proper, whatever the caller's TF32/bf16
+    # settings (client/precision.py; book-keeping does this for its own reductions).
+    precise = ieee_float32() if privacy is not None and bookkeeping is None else nullcontext()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _closing(bookkeeping), precise:
         _seed_dropout(randomness.dropout_seed(), device)
         done = 0
         while done < steps:
