@@ -198,13 +198,16 @@ class BookKeeping:
         factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
         factors = torch.where(bad, torch.zeros_like(factors), factors)
         dropped = bad if bool(bad.any()) else None  # checked once, not by every layer
-        if not accumulate:
+        if not accumulate:  # each parameter's first share becomes its sum (no zeros to add to)
             for p in self.params:
-                p.summed_grad = torch.zeros_like(p)
+                p.summed_grad = None
         for block in blocks:
             block.add_clipped(factors, dropped)
         for part in parts:
             part.add_clipped(factors, dropped)
+        for p in self.params:  # a layer the loss did not reach (an empty backward path): nothing
+            if p.summed_grad is None:
+                p.summed_grad = torch.zeros_like(p)
         return factors
 
 
@@ -219,8 +222,17 @@ class _Block:
         total = factors @ _finite(self.rows, bad)
         at = 0
         for p in self.params:
-            p.summed_grad += total[at : at + p.numel()].view(p.shape)
+            _add_to_sum(p, total[at : at + p.numel()].view(p.shape))
             at += p.numel()
+
+
+def _add_to_sum(p: nn.Parameter, share: torch.Tensor) -> None:
+    """Add ``share`` (a tensor of the engine's own, not aliased by another parameter's) to
+    ``p.summed_grad``, or make it the sum if there is none yet."""
+    if p.summed_grad is None:
+        p.summed_grad = share
+    else:
+        p.summed_grad += share
 
 
 def _blocks(examples: list[tuple[nn.Parameter, torch.Tensor]]) -> list[_Block]:
@@ -357,7 +369,7 @@ class _Matmul(_Part):
                 total = scaled.reshape(-1, scaled.shape[-1]).T @ a.reshape(-1, a.shape[-1])
             else:  # a conv's unfolded input, (B, in, T) underneath: einsum reads it where it lies
                 total = torch.einsum("bto,bti->oi", scaled, a)
-            weight.summed_grad += total.reshape(weight.shape)
+            _add_to_sum(weight, total.reshape(weight.shape))
 
 
 class _Linear(_Matmul):
@@ -416,6 +428,8 @@ class _Embedding(_Part):
     def add_clipped(self, factors: torch.Tensor, bad: torch.Tensor | None) -> None:
         weight = self.module.weight
         scaled = _finite(self.g, bad) * factors[:, None, None]
+        if weight.summed_grad is None:
+            weight.summed_grad = torch.zeros_like(weight)
         weight.summed_grad.index_add_(0, self.a.reshape(-1), scaled.reshape(-1, scaled.shape[-1]))
 
 
