@@ -28,7 +28,9 @@ ratios to ``plain`` and written as JSON (--json):
     python -m benchmarks.dp_step_time --quick --family transformer-full --batch 64   # a larger DP batch
     python -m benchmarks.dp_step_time --quick --family resnet --batch 64 --physical-batch 16   # memory manager
 
-The transformer families need the minilm extra (MiniLM-L6 weights, offline).
+The transformer families need the minilm extra (MiniLM-L6 weights, offline); ``--random-weights``
+needs only its config and tokenizer (a machine the 87 MB of weights cannot be carried to:
+scripts/gpu-check.sh).
 """
 
 from __future__ import annotations
@@ -92,8 +94,10 @@ def _tagged(n: int, length: int):
                            tags=ENTITY_TAGS)  # fmt: skip
 
 
-def cases(quick: bool, batch_size: int | None = None) -> Iterator[Case]:
-    """Every family at its size (``batch_size``: the same batch for all, instead of theirs)."""
+def cases(quick: bool, batch_size: int | None = None, random_weights: bool = False) -> Iterator[Case]:
+    """Every family at its size (``batch_size``: the same batch for all, instead of theirs;
+    ``random_weights``: the transformers' MiniLM config and tokenizer with weights initialised
+    at random, the same shapes and so the same work a step, for a machine without the weights)."""
     from common.models import ModelKind, ModelSpec
     from common.models.transformer import LoraSpec
 
@@ -114,13 +118,15 @@ def cases(quick: bool, batch_size: int | None = None) -> Iterator[Case]:
     notes = _notes(steps * text_batch, length)
     for family, lora in (("transformer-full", None), ("transformer-lora", LoraSpec(rank=8))):
         how = "LoRA r=8" if lora else "full fine-tune"
-        spec = ModelSpec(ModelKind.TRANSFORMER, (length,), 4, pretrained_path="minilm", lora=lora)
+        spec = ModelSpec(ModelKind.TRANSFORMER, (length,), 4, pretrained_path="minilm", lora=lora,
+                         random_init=random_weights)  # fmt: skip
         yield Case(f"MiniLM-L6 {how}, {length} tokens", family, spec, notes, text_batch)
     from common.data.entities import ENTITY_TAGS
     from common.tasks.token_classification import TokenClassification
 
     tagged = _tagged(steps * text_batch, length)
-    spec = ModelSpec(ModelKind.TRANSFORMER, (length,), len(ENTITY_TAGS), pretrained_path="minilm", per_token=True)
+    spec = ModelSpec(ModelKind.TRANSFORMER, (length,), len(ENTITY_TAGS), pretrained_path="minilm", per_token=True,
+                     random_init=random_weights)  # fmt: skip
     yield Case(f"MiniLM-L6 token tagger, {length} tokens", "token-classification", spec, tagged, text_batch,
                task=TokenClassification(ENTITY_TAGS))  # fmt: skip
 
@@ -267,12 +273,18 @@ def _peak_rss_gib() -> float:
 
 
 def worker(
-    label: str, quick: bool, variants: list[str], repeats: int, memory_only: bool, batch: int | None = None
+    label: str,
+    quick: bool,
+    variants: list[str],
+    repeats: int,
+    memory_only: bool,
+    batch: int | None = None,
+    random_weights: bool = False,
 ) -> dict[str, Any]:
     from common.evaluation import pick_device
 
     device = pick_device()
-    case = next(c for c in cases(quick, batch) if c.label == label)
+    case = next(c for c in cases(quick, batch, random_weights) if c.label == label)
     out: dict[str, Any] = {"variants": {}}
     alive = []
     for name in variants:  # warm-up: kernels, weights into memory, auto mode measured once
@@ -314,7 +326,8 @@ def _run_worker(label: str, args: argparse.Namespace, variants: list[str], memor
     command = [sys.executable, "-m", "benchmarks.dp_step_time", "--worker", label, "--repeats", str(args.repeats),
                "--variants", "|".join(variants)] + (["--quick"] if args.quick else []) + (
                    ["--memory-only"] if memory_only else []) + (
-                   ["--batch", str(args.batch)] if args.batch else [])  # fmt: skip
+                   ["--batch", str(args.batch)] if args.batch else []) + (
+                   ["--random-weights"] if args.random_weights else [])  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"variants": {v: {"failed": f"worker exited {done.returncode}: {done.stderr[-200:]}"} for v in variants}}
@@ -335,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="also run fedshield's path with at most this many records through the model at once (repeatable)",
     )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="transformers: MiniLM's config and tokenizer, weights initialised at random (same shapes, same work)",
+    )
     parser.add_argument("--json", type=Path, default=Path("runs/benchmarks/dp-step-time.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--variants", help=argparse.SUPPRESS)
@@ -342,7 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         variants = args.variants.split("|")
-        print(json.dumps(worker(args.worker, args.quick, variants, args.repeats, args.memory_only, args.batch)))
+        measured = worker(
+            args.worker, args.quick, variants, args.repeats, args.memory_only, args.batch, args.random_weights
+        )
+        print(json.dumps(measured))
         return 0
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     bad = [m for m in modes if m not in STOCK_MODES]
@@ -358,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'model':<40} {'variant':<38} {'step ms':>9} {'x plain':>8} {'samples/s':>10} {'setup ms':>9} {'peak GiB':>9}"
     )
     started = time.perf_counter()
-    for case in cases(args.quick, args.batch):
+    for case in cases(args.quick, args.batch, args.random_weights):
         if args.family and case.family not in args.family:
             continue
         measured = _run_worker(case.label, args, variants, memory_only=False)

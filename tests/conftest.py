@@ -8,12 +8,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from common import notes
 
 # grad-sample-mode = auto measures each model shape once and caches the choice: in a folder of
 # the test session's own, so a run starts from nothing and leaves nothing in the home folder.
 os.environ.setdefault("FEDSHIELD_CACHE", tempfile.mkdtemp(prefix="fedshield-test-cache-"))
+# On a GPU the brute-force references compute their convolutions in float32 proper, as the DP
+# engines do (cuDNN's default is TF32, 2^-11: a reference off by more than the tolerances).
+torch.backends.cudnn.allow_tf32 = False
 
 
 def write_tiny_text_model(
