@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.grad import conv2d_weight
 
-from client.precision import ieee_float32
+from client.precision import ieee_float32, no_autocast
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 # An example whose per-position terms sum to less than 1/CANCELLATION_BOUND of their total size
@@ -165,7 +165,7 @@ class BookKeeping:
         reduction = criterion.reduction
         criterion.reduction = "none"
         try:
-            with self._recording():
+            with self._recording(), no_autocast():  # float32 layer inputs and output gradients
                 losses = criterion(model(xb), yb)
                 if losses.requires_grad:
                     losses.sum().backward()

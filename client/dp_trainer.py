@@ -12,6 +12,7 @@ no clipping or noise, for comparison runs only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import warnings
@@ -33,9 +34,9 @@ from client.canaries import (
     GradientCanaries,
     InputCanaries,
 )
-from client.precision import ieee_float32
+from client.precision import ieee_float32, no_autocast
 from common import profiling
-from common.config.sections import SIMULATED_FAULTS, GradSampleMode
+from common.config.sections import GHOST_REFUSED, SIMULATED_FAULTS, GradSampleMode
 from common.dataset import Dataset
 from common.evaluation import evaluate, pick_device  # noqa: F401  (evaluate: re-exported)
 from common.models import exchanged_state
@@ -80,10 +81,11 @@ CLIP_FAULT_FACTOR = 10.0
 class PrivacyPlan:
     """The mechanism's parameters, and how per-example gradients are clipped: ``bk``
     (fedshield's book-keeping engine, :mod:`client.bookkeeping`: one backward pass, no weight
-    gradients from autograd), or Opacus's ``hooks`` (module hooks), ``functorch`` (vmap), ``ew``
-    (torch expanded weights) or ``ghost`` (ghost clipping: two backward passes, least memory);
-    ``auto`` measures them (:mod:`client.modes`). All compute the same clipped sum; the mode
-    changes only speed and memory."""
+    gradients from autograd), or Opacus's ``hooks`` (module hooks), ``functorch`` (vmap) or
+    ``ew`` (torch expanded weights), whose per-example norms fedshield computes itself
+    (:func:`_clip_and_accumulate`); ``auto`` measures them (:mod:`client.modes`). All compute
+    the same clipped sum; the mode changes only speed and memory. Opacus's ``ghost`` is refused
+    (:data:`common.config.sections.GHOST_REFUSED`)."""
 
     noise_multiplier: float
     max_grad_norm: float
@@ -95,6 +97,8 @@ class PrivacyPlan:
     def __post_init__(self) -> None:
         if self.fault not in FAULTS:
             raise ValueError(f"fault must be one of {', '.join(repr(f) for f in FAULTS)}, got {self.fault!r}")
+        if self.grad_sample_mode == "ghost":
+            raise ValueError(f"grad_sample_mode {GHOST_REFUSED}")
         if self.grad_sample_mode not in GRAD_SAMPLE_MODES:
             modes = ", ".join(GRAD_SAMPLE_MODES)
             raise ValueError(f"grad_sample_mode must be one of {modes}, got {self.grad_sample_mode!r}")
@@ -231,10 +235,7 @@ def train_local(
             noise_generator=randomness.noise_generator(device),
             grad_sample_mode=privacy.grad_sample_mode,
         )
-        if privacy.grad_sample_mode == "ghost":  # the loss runs both backward passes
-            model, optimizer, loss_fn, loader = private
-        else:
-            model, optimizer, loader = private
+        model, optimizer, loader = private
         # Each noise coordinate: four draws summed and halved (Opacus's secure-mode sampling),
         # secret, from generators seeded for each step (common.privacy.noise).
         recorded_sigma = _instrument(optimizer, model, privacy, injector, randomness)
@@ -247,10 +248,11 @@ def train_local(
     profiling.lap("opacus setup" if privacy is not None else "setup")
     # Dropout (transformers) draws from torch's global generator: seeded here, and forked so the
     # caller's generator state is left as it was (secret, or from the public seed when asked).
-    # Opacus computes per-example norms in its hooks and the clipped sum apart (ghost clipping:
-    # in a second backward pass): both in float32 proper, whatever the caller's TF32/bf16
-    # settings (client/precision.py; book-keeping does this for its own reductions).
-    precise = ieee_float32() if privacy is not None and bookkeeping is None else nullcontext()
+    # DP steps in float32 (client/precision.py): Opacus's modes compute per-example norms in
+    # their hooks and the clipped sum in the optimizer, both in float32 proper whatever the
+    # caller's TF32/bf16 settings; book-keeping does so for its own reductions, and lets TF32
+    # speed the model's passes, whose values it then clips exactly. Autocast is off for both.
+    precise = nullcontext() if privacy is None else no_autocast() if bookkeeping else ieee_float32()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _closing(bookkeeping), precise:
         _seed_dropout(randomness.dropout_seed(), device)
         done = 0
@@ -420,8 +422,7 @@ def _instrument(
     bound, sigma = _applied(privacy)
     if privacy.fault == "clip-larger":
         optimizer.max_grad_norm, optimizer.noise_multiplier = bound, sigma
-        if hasattr(model, "max_grad_norm"):  # ghost clipping clips in the backward pass
-            model.max_grad_norm = bound
+    optimizer.clip_and_accumulate = functools.partial(_clip_and_accumulate, optimizer)
     steps = itertools.count()
 
     def add_noise() -> None:
@@ -447,6 +448,34 @@ def _instrument(
     return sigma
 
 
+def _clip_and_accumulate(optimizer) -> None:  # noqa: ANN001  (Opacus's DPOptimizer)
+    """Opacus's ``DPOptimizer.clip_and_accumulate`` with each example's norm accumulated in
+    float64. Opacus clips on torch's float32 ``vector_norm``, whose reduction under-estimated a
+    long row with a few large entries (found in review: a record with 8 inputs of 128 and 1.2
+    million of 128 * 2^-12 added 1.0045 C in every per-example mode); bk's norms avoid it too."""
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    samples = optimizer.grad_samples
+    if len(samples[0]) == 0:  # an empty Poisson batch
+        factors = torch.zeros((0,), device=samples[0].device)
+    else:
+        device = samples[0].device
+        squared = sum(
+            torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1, dtype=torch.float64).to(device).square()
+            for g in samples
+        )
+        factors = (optimizer.max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+    for p in optimizer.params:
+        _check_processed_flag(p.grad_sample)
+        sample = optimizer._get_flat_grad_sample(p).to(p.dtype)
+        grad = torch.einsum("i,i...", factors.to(device=sample.device, dtype=p.dtype), sample)
+        if p.summed_grad is not None:
+            p.summed_grad += grad
+        else:
+            p.summed_grad = grad
+        _mark_as_processed(p.grad_sample)
+
+
 def _drop_non_finite_examples(
     model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, privacy: PrivacyPlan, criterion: nn.Module
 ) -> None:
@@ -458,13 +487,6 @@ def _drop_non_finite_examples(
     example by a rule on that example alone keeps its contribution within the clipping bound,
     so the accounting is unchanged."""
     params = _params(model)
-    if privacy.grad_sample_mode == "ghost":
-        # Ghost clipping leaves only the clipped sum: if it is not finite, rebuild it example by
-        # example (the same clipped sum, with non-finite examples left out).
-        if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in params):
-            return
-        _clipped_sum_by_example(model, xb, yb, params, privacy.max_grad_norm, criterion)
-        return
     samples = [p.grad_sample for p in params if isinstance(getattr(p, "grad_sample", None), torch.Tensor)]
     if not samples:
         return
@@ -476,51 +498,14 @@ def _drop_non_finite_examples(
             gs[bad] = 0
 
 
-def _clipped_sum_by_example(
-    model: nn.Module,
-    xb: torch.Tensor,
-    yb: torch.Tensor,
-    params: list[nn.Parameter],
-    max_grad_norm: float,
-    criterion: nn.Module,
-) -> None:
-    """``p.grad`` = the sum over finite examples of each example's gradient clipped to
-    ``max_grad_norm`` (what ghost clipping computes), one backward pass per example."""
-    total = [torch.zeros_like(p) for p in params]
-    model.disable_hooks()
-    try:
-        for j in range(len(yb)):
-            for p in params:
-                p.grad = None
-            reduction, criterion.reduction = criterion.reduction, "sum"
-            try:
-                criterion(model(xb[j : j + 1]), yb[j : j + 1]).backward()
-            finally:
-                criterion.reduction = reduction
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
-                continue
-            norm = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)))
-            scale = min(1.0, max_grad_norm / (norm + 1e-6))
-            for t, g in zip(total, grads, strict=True):
-                t.add_(g, alpha=scale)
-    finally:
-        model.enable_hooks()
-    for p, t in zip(params, total, strict=True):
-        p.grad = t
-
-
 def _params(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
 def _empty_step_grads(model: nn.Module, privacy: PrivacyPlan | None) -> None:
     """Gradients of an empty batch, in the form the mode's optimizer reads: per-example
-    gradients (none), or for ghost clipping the already clipped sum (zero)."""
+    gradients (none)."""
     if privacy is None:
         return
     for p in _params(model):
-        if privacy.grad_sample_mode == "ghost":
-            p.grad = torch.zeros_like(p)
-        else:
-            p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)

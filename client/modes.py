@@ -1,5 +1,6 @@
 """``grad-sample-mode = auto``: the fastest mode that works for a model, measured once: one of
-Opacus's four, or fedshield's book-keeping engine (``bk``, :mod:`client.bookkeeping`), which
+Opacus's per-example modes (hooks, functorch, ew; its ghost clipping is refused), or
+fedshield's book-keeping engine (``bk``, :mod:`client.bookkeeping`), which
 refuses the models it cannot clip exactly and is then not a candidate.
 
 Every mode computes the same clipped per-example gradients (each is checked against a brute-

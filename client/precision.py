@@ -30,37 +30,59 @@ T = TypeVar("T")
 def _fine_grained(convolutions: bool = True) -> list[object]:
     """The per-backend precision settings (torch's newer API), where this torch has them."""
     b = torch.backends
-    names = [(b.cuda, "matmul"), (b.mkldnn, "matmul")] + (
-        [(b.cudnn, "conv"), (b.mkldnn, "conv")] if convolutions else []
-    )
+    names = [(b.cuda, "matmul"), (b.mkldnn, "matmul")]
+    if convolutions:
+        names += [(b.cudnn, "conv"), (b.cudnn, "rnn"), (b.mkldnn, "conv")]
     return [getattr(o, n) for o, n in names if hasattr(getattr(o, n, None), "fp32_precision")]
 
 
 @contextmanager
 def ieee_float32(*, convolutions: bool = True) -> Iterator[None]:
     """Inside: float32 matmuls (and, with ``convolutions``, convolutions) computed in float32 on
-    every backend (no TF32, no bf16). The settings are restored on exit, also when the body
-    raises. Nothing is touched where they already say so (torch's defaults for matmuls)."""
-    fine = [(s, s.fp32_precision) for s in _fine_grained(convolutions)]
-    matmul = _read(torch.get_float32_matmul_precision)  # torch refuses to read the older settings
-    cudnn = _read(lambda: torch.backends.cudnn.allow_tf32) if convolutions else False  # once the newer API set them
-    if matmul == "highest" and cudnn is False and all(v in ("ieee", "none") for _, v in fine):
+    every backend (no TF32, no bf16), and autocast off (it would run them in bf16 or fp16). The
+    settings are restored on exit, also when the body raises; nothing is touched where they
+    already say so (torch's defaults for matmuls). They are the process's: a caller running
+    training on several threads at once would see one thread's exit restore the settings under
+    another's (fedshield trains one site per process at a time)."""
+    with no_autocast():
+        fine = [(s, s.fp32_precision) for s in _fine_grained(convolutions)]
+        matmul = _read(torch.get_float32_matmul_precision)  # torch refuses to read the older settings
+        cuda_tf32 = _read(lambda: torch.backends.cuda.matmul.allow_tf32)  # once the newer API set them
+        cudnn = _read(lambda: torch.backends.cudnn.allow_tf32) if convolutions else False
+        if matmul == "highest" and cudnn is False and all(v in ("ieee", "none") for _, v in fine):
+            yield
+            return
+        torch.set_float32_matmul_precision("highest")  # the older setters keep both APIs consistent
+        if convolutions:
+            torch.backends.cudnn.allow_tf32 = False
+        for setting, _ in fine:
+            setting.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            if matmul is not None:
+                torch.set_float32_matmul_precision(matmul)
+            elif cuda_tf32 is not None:  # the generic setting was unreadable: CUDA's own still was
+                torch.backends.cuda.matmul.allow_tf32 = cuda_tf32
+            if convolutions and cudnn is not None:
+                torch.backends.cudnn.allow_tf32 = cudnn
+            for setting, value in fine:
+                setting.fp32_precision = value
+
+
+@contextmanager
+def no_autocast() -> Iterator[None]:
+    """Autocast off on the CPU and, where there is one, the GPU (a caller's ``torch.autocast``
+    would run the engines' matmuls in bf16 or fp16: found in review, 1.005 C)."""
+    if not torch.is_autocast_enabled("cpu") and not (torch.cuda.is_available() and torch.is_autocast_enabled("cuda")):
         yield
         return
-    torch.set_float32_matmul_precision("highest")  # the older setters keep both APIs consistent
-    if convolutions:
-        torch.backends.cudnn.allow_tf32 = False
-    for setting, _ in fine:
-        setting.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        if matmul is not None:
-            torch.set_float32_matmul_precision(matmul)
-        if convolutions and cudnn is not None:
-            torch.backends.cudnn.allow_tf32 = cudnn
-        for setting, value in fine:
-            setting.fp32_precision = value
+    with torch.autocast("cpu", enabled=False):
+        if torch.cuda.is_available():
+            with torch.autocast("cuda", enabled=False):
+                yield
+        else:
+            yield
 
 
 def _read(get: Callable[[], T]) -> T | None:

@@ -47,7 +47,7 @@ def test_auto_measures_once_per_shape_and_then_reads_the_cache(monkeypatch: pyte
 
 def test_a_mode_that_fails_on_the_model_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_model(ModelSpec(ModelKind.MLP, (10,), 2), seed=0)
-    monkeypatch.setattr(modes, "measure", lambda *a, **k: {"hooks": None, "functorch": 0.5, "ew": None, "ghost": 0.9})
+    monkeypatch.setattr(modes, "measure", lambda *a, **k: {"hooks": None, "functorch": 0.5, "ew": None, "bk": 0.9})
     assert modes.choose(model, _data(), 16, torch.device("cpu")) == "functorch"
 
 
@@ -74,4 +74,4 @@ def test_modes_that_would_hold_every_example_gradient_beyond_memory_are_not_trie
     monkeypatch.setattr(modes, "_free_memory", lambda _device: 64 * trainable)  # a quarter: 16 gradients, not 2 x 16
     timings = modes.measure(model, _data(), 16, torch.device("cpu"))
     assert all(timings[m] is None for m in modes.PER_EXAMPLE_MODES)
-    assert timings["bk"] is not None and timings["ghost"] is not None
+    assert timings["bk"] is not None and "ghost" not in timings  # refused: never measured, never chosen

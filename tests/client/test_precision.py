@@ -115,10 +115,10 @@ def test_the_callers_precision_settings_are_restored_even_when_the_body_raises(r
     assert [s.fp32_precision for s in _fine_grained()] == before
 
 
-@pytest.mark.parametrize("mode", ["hooks", "ghost", "ew", "functorch", "bk"])
+@pytest.mark.parametrize("mode", ["hooks", "ew", "functorch", "bk"])
 def test_every_engine_clips_in_float32_proper_and_keeps_the_callers_setting(reduced_precision: None, mode: str) -> None:
-    """Opacus computes norms in its hooks and (ghost clipping) the clipped sum in a second
-    backward pass: its whole step runs in float32 proper; book-keeping only its reductions
+    """Opacus computes norms in its hooks and the clipped sum in its optimizer: its whole step
+    runs in float32 proper; book-keeping only its reductions
     (the model's own passes keep the caller's setting: the engine clips the values they give)."""
     import numpy as np
 

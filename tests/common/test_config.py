@@ -99,7 +99,7 @@ def test_wrong_type_names_source_key_and_value(key, value, type_name):
         (
             "grad-sample-mode",
             "fast",
-            "grad-sample-mode must be one of hooks, functorch, ew, ghost, bk, auto, got 'fast'",
+            "grad-sample-mode must be one of hooks, functorch, ew, bk, auto, got 'fast'",
         ),
         ("physical-batch-size", -1, "physical-batch-size must be >= 0 (0: no limit), got -1"),
         ("resnet-width", 0, "resnet-width must be >= 1, got 0"),
