@@ -30,8 +30,9 @@ ONE_STEP = LocalPlan(local_epochs=1, batch_size=1, learning_rate=1.0)
 
 
 def _released(model: nn.Module, data: Dataset, mode: str, **plan: object) -> float:
-    """||weights after - weights before|| of one DP step on ``data``'s one record, C = 1."""
-    before = [p.detach().double().clone() for p in model.parameters()]
+    """||weights after - weights before|| of one DP step on ``data``'s one record, C = 1 (the
+    weights that travel: the trainable ones, in order)."""
+    before = [p.detach().double().clone() for p in model.parameters() if p.requires_grad]
     privacy = PrivacyPlan(plan.pop("noise", 1e-9), 1.0, mode, **plan)
     result = train_local(model, data, ONE_STEP, privacy=privacy, randomness=reproducible(0), device=torch.device("cpu"))
     return float(
