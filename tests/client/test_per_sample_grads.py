@@ -28,7 +28,7 @@ from common.privacy.noise import reproducible
 from common.text_loaders import text_dataset
 
 DEVICE = pick_device()
-MODES = GRAD_SAMPLE_MODES  # hooks, functorch, ew, ghost, bk (fedshield book-keeping), auto
+MODES = GRAD_SAMPLE_MODES  # hooks, functorch, ew, bk (fedshield book-keeping), auto
 
 
 def _images(n: int = 6, seed: int = 0) -> Dataset:
