@@ -272,7 +272,7 @@ def train_local(
                         warnings.filterwarnings("ignore", message="Full backward hook is firing")
                         loss.backward()
                     if privacy is not None:
-                        _drop_non_finite_examples(model, xb, yb, privacy, criterion)
+                        _drop_non_finite_examples(model)
                 else:
                     # An empty Poisson batch is still a step: Opacus adds pure noise.
                     _empty_step_grads(model, privacy)
@@ -476,9 +476,7 @@ def _clip_and_accumulate(optimizer) -> None:  # noqa: ANN001  (Opacus's DPOptimi
         _mark_as_processed(p.grad_sample)
 
 
-def _drop_non_finite_examples(
-    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, privacy: PrivacyPlan, criterion: nn.Module
-) -> None:
+def _drop_non_finite_examples(model: nn.Module) -> None:
     """An example whose gradient is not finite contributes nothing (before clipping).
 
     Without this, a server could craft a global model that overflows on one record only: that

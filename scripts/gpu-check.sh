@@ -44,7 +44,8 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', 'transform
 
 echo "== tests on $("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")') ($(left) s left)"
 timeout $(( $(left) < 200 ? $(left) : 200 )) "$PY" -m pytest -q -p no:cacheprovider -m "not slow" \
-  tests/client/test_precision.py tests/client/test_dp_trainer.py tests/client/test_per_sample_grads.py \
+  tests/client/test_precision.py tests/client/test_clipping_attacks.py tests/client/test_dp_trainer.py \
+  tests/client/test_per_sample_grads.py \
   tests/client/test_bookkeeping.py tests/common/test_noise.py > "$OUT/tests.txt" 2>&1
 echo "tests exit $?"; grep -E "passed|failed|error" "$OUT/tests.txt" | tail -3
 
