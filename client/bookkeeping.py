@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.grad import conv2d_weight
 
-from client.precision import ieee_float32, no_autocast
+from client.precision import ieee_float32, no_autocast, normal_factors
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 # An example whose per-position terms sum to less than 1/CANCELLATION_BOUND of their total size
@@ -195,7 +195,7 @@ class BookKeeping:
             squared += _squares(block.rows)
         bad = ~torch.isfinite(squared) | ~torch.isfinite(size)
         norms = torch.maximum(squared.clamp(min=0).sqrt(), size / CANCELLATION_BOUND)
-        factors = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        factors = normal_factors((self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0), torch.float32)
         factors = torch.where(bad, torch.zeros_like(factors), factors)
         dropped = bad if bool(bad.any()) else None  # checked once, not by every layer
         if not accumulate:  # each parameter's first share becomes its sum (no zeros to add to)

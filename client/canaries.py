@@ -261,8 +261,12 @@ class InputCanaries(CanaryInjector):
                     loss = self.criterion(module(self.x[j : j + 1].to(device)), self.y[j : j + 1].to(device))
                     grads = torch.autograd.grad(loss, self.params, allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads, strict=True)]
+                if not all(bool(torch.isfinite(g).all()) for g in grads):
+                    continue  # as a real record's: nothing (0 * inf would make the whole sum NaN)
                 norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
                 factor = scale * (1.0 if clip is None else min(1.0, clip / (norm + 1e-6)))
+                if factor < torch.finfo(self.params[0].dtype).tiny:
+                    continue  # a subnormal factor rounds by up to half its value (client/precision.py)
                 for p, g in zip(self.params, grads, strict=True):
                     _target(p, attr).add_(g, alpha=factor)
         finally:

@@ -34,7 +34,7 @@ from client.canaries import (
     GradientCanaries,
     InputCanaries,
 )
-from client.precision import ieee_float32, no_autocast
+from client.precision import ieee_float32, no_autocast, normal_factors
 from common import profiling
 from common.config.sections import GHOST_REFUSED, SIMULATED_FAULTS, GradSampleMode
 from common.dataset import Dataset
@@ -452,7 +452,9 @@ def _clip_and_accumulate(optimizer) -> None:  # noqa: ANN001  (Opacus's DPOptimi
     """Opacus's ``DPOptimizer.clip_and_accumulate`` with each example's norm accumulated in
     float64. Opacus clips on torch's float32 ``vector_norm``, whose reduction under-estimated a
     long row with a few large entries (found in review: a record with 8 inputs of 128 and 1.2
-    million of 128 * 2^-12 added 1.0045 C in every per-example mode); bk's norms avoid it too."""
+    million of 128 * 2^-12 added 1.0045 C in every per-example mode); bk's norms avoid it too.
+    A factor below the parameters' smallest normal number leaves its example out
+    (:func:`client.precision.normal_factors`)."""
     from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 
     samples = optimizer.grad_samples
@@ -468,7 +470,7 @@ def _clip_and_accumulate(optimizer) -> None:  # noqa: ANN001  (Opacus's DPOptimi
     for p in optimizer.params:
         _check_processed_flag(p.grad_sample)
         sample = optimizer._get_flat_grad_sample(p).to(p.dtype)
-        grad = torch.einsum("i,i...", factors.to(device=sample.device, dtype=p.dtype), sample)
+        grad = torch.einsum("i,i...", normal_factors(factors, p.dtype).to(sample.device), sample)
         if p.summed_grad is not None:
             p.summed_grad += grad
         else:
