@@ -6,8 +6,10 @@ and the sum are computed apart: with TF32 (NVIDIA GPUs: ``torch.backends.cuda.ma
 ``torch.set_float32_matmul_precision("high")``, and cuDNN convolutions by default) or bf16
 (oneDNN on CPUs with bf16 units, ``set_float32_matmul_precision("medium")``) a matmul rounds
 its inputs to 10 or 7 mantissa bits. Book-keeping's ghost-norm layers compute the norm from
-float64 Gram matrices and the sum by a float32 matmul; Opacus's ghost clipping computes the
-norm in its hooks and the sum by a second backward pass. Rounded at 2^-11 instead of 2^-24, a
+float64 Gram matrices and the sum by a float32 matmul; every engine adds the clipped examples
+up by a matmul over the batch, whose rounding the bound's margin assumes to be float32's.
+(Opacus's own ghost clipping, norms from float32 Gram matrices, is refused whatever the
+precision: common.config.sections.GHOST_REFUSED.) Rounded at 2^-11 instead of 2^-24, a
 record whose gradient is a cancelling sum over positions (the engine lets through positions
 summing to up to ``CANCELLATION_BOUND`` = 100 times the norm) could move the sum by about 5% of
 the bound beyond it, with no noise added for that: the sensitivity the accountant assumes
