@@ -15,6 +15,7 @@ from client.bookkeeping import BookKeeping, Unsupported, expected_batch_size
 from client.dp_trainer import LocalPlan, PrivacyPlan, train_local
 from common.dataset import Dataset, Modality
 from common.privacy.noise import reproducible
+from tests.client.crafted import TwoReadouts, cancelling_linear
 
 
 class Tokens(nn.Module):
@@ -268,22 +269,6 @@ def test_a_crafted_model_gets_no_more_than_the_bound_from_any_record() -> None:
     assert 0.49 < float(norm) <= 0.5 * (1 + 1e-5)
 
 
-class _TwoReadouts(nn.Module):
-    """A trainable layer on two positions, read out by frozen, huge, opposite weights: what a
-    server sends so that a record's per-position gradient terms are enormous and cancel."""
-
-    def __init__(self, d: int, embed: bool) -> None:
-        super().__init__()
-        self.layer = nn.Embedding(10, d) if embed else nn.Linear(d, d, bias=False)
-        self.p0, self.p1 = nn.Linear(d, 2, bias=False), nn.Linear(d, 2, bias=False)
-        for q in (*self.p0.parameters(), *self.p1.parameters()):
-            q.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.layer(x)
-        return self.p0(h[:, 0]) + self.p1(h[:, 1])
-
-
 def _released_norm(model: nn.Module, x: torch.Tensor, bound: float) -> float:
     engine = BookKeeping(model, bound)
     try:
@@ -301,14 +286,8 @@ def test_ghost_norms_cannot_be_cancelled_by_crafted_weights(asymmetry: float) ->
     released (25-859 C, measured on the old code). Whatever the rounding, a record adds at most C."""
     torch.manual_seed(0)
     d = 64
-    model = _TwoReadouts(d, embed=False)
+    model = cancelling_linear(d, asymmetry)
     assert bookkeeping.use_ghost_norms(2, d, d)  # the path under attack
-    with torch.no_grad():
-        base = torch.randn(2, d).sign() * 1e4
-        model.p0.weight.copy_(base)
-        model.p1.weight.copy_(-base)
-        model.p0.weight[0, :4] += asymmetry
-        model.layer.weight.copy_(torch.randn(d, d) * 1e-3)
     x = torch.randn(1, 1, d).repeat(1, 2, 1) * 30
     assert _released_norm(model, x, 1.0) <= 1.0 + 1e-5
 
@@ -320,7 +299,7 @@ def test_embedding_norms_cannot_be_cancelled_by_a_repeated_token() -> None:
     d = 64
     for seed in range(50):
         torch.manual_seed(seed)
-        model = _TwoReadouts(d, embed=True)
+        model = TwoReadouts(d, embed=True)
         with torch.no_grad():
             base = torch.randn(2, d).sign() * 1e4
             model.layer.weight.mul_(1e-4)

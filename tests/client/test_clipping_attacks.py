@@ -24,6 +24,7 @@ from torch import nn
 from client.dp_trainer import GRAD_SAMPLE_MODES, LocalPlan, PrivacyPlan, train_local
 from common.dataset import Dataset, Modality
 from common.privacy.noise import reproducible
+from tests.client.crafted import cancelling_linear
 
 MODES = [m for m in GRAD_SAMPLE_MODES if m != "auto"]  # bk, hooks, functorch, ew
 ONE_STEP = LocalPlan(local_epochs=1, batch_size=1, learning_rate=1.0)
@@ -45,33 +46,11 @@ def _released(model: nn.Module, data: Dataset, mode: str, **plan: object) -> flo
     )
 
 
-class _TwoReadouts(nn.Module):
-    """A trained layer read at two positions by frozen weights of +-1e4 (within a site's weight
-    limit): the record's per-position gradients are huge and almost cancel."""
-
-    def __init__(self, d: int, asymmetry: float) -> None:
-        super().__init__()
-        self.layer = nn.Linear(d, d, bias=False)
-        self.p0, self.p1 = nn.Linear(d, 2, bias=False), nn.Linear(d, 2, bias=False)
-        with torch.no_grad():
-            base = torch.randn(2, d).sign() * 1e4
-            self.p0.weight.copy_(base)
-            self.p1.weight.copy_(-base)
-            self.p0.weight[0, :4] += asymmetry
-            self.layer.weight.copy_(torch.randn(d, d) * 1e-3)
-        for q in (*self.p0.parameters(), *self.p1.parameters()):
-            q.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.layer(x)
-        return self.p0(h[:, 0]) + self.p1(h[:, 1])
-
-
 @pytest.mark.parametrize("asymmetry", [0.1, 1.0, 3.0])
 @pytest.mark.parametrize("mode", MODES)
 def test_a_crafted_cancelling_model_releases_at_most_the_bound(mode: str, asymmetry: float) -> None:
     torch.manual_seed(0)
-    model = _TwoReadouts(64, asymmetry)
+    model = cancelling_linear(64, asymmetry)
     x = (torch.randn(1, 1, 64).repeat(1, 2, 1) * 30).numpy().astype(np.float32)
     moved = _released(model, Dataset(x, np.array([0]), 2, Modality.TABULAR, "t"), mode, noise=1.0, fault="noise-off")
     assert moved <= 1.0 + 1e-5, f"{mode}: one record released {moved:.4f} C"
