@@ -238,7 +238,7 @@ def train_local(
         model, optimizer, loader = private
         # Each noise coordinate: four draws summed and halved (Opacus's secure-mode sampling),
         # secret, from generators seeded for each step (common.privacy.noise).
-        recorded_sigma = _instrument(optimizer, model, privacy, injector, randomness)
+        recorded_sigma = _instrument(optimizer, privacy, injector, randomness)
         if isinstance(injector, InputCanaries):
             injector.model = model  # Opacus's wrapper: its hooks are switched off for the canaries
     else:
@@ -410,9 +410,7 @@ class _BookKeepingStep:
         self.engine.close()
 
 
-def _instrument(
-    optimizer, model: nn.Module, privacy: PrivacyPlan, injector: CanaryInjector | None, randomness: Randomness
-) -> float:
+def _instrument(optimizer, privacy: PrivacyPlan, injector: CanaryInjector | None, randomness: Randomness) -> float:
     """Opacus's noise step, replaced by fedshield's: the canaries' clipped gradients added to the
     clipped sum before the noise, a simulated fault applied, then the step's noise from
     :meth:`Randomness.step_noise` (the same draws as fedshield's own engine: secret, four per
