@@ -299,10 +299,11 @@ def _when(seconds: float) -> str:
 
 
 def alert_line(alert: Alert, detection: Detection, detector: Detector) -> str:
+    rise = f"; rise began {_when(alert.onset)}" if detector.kind == "cusum" else ""
     return (
         f"ALERT {_when(alert.start)} to {_when(alert.end)}: negative share up to {alert.peak_share:.2f} "
         f"(baseline {detection.baseline:.2f}); {alert.negative} of {alert.texts} texts negative over "
-        f"{alert.windows} window(s); {detector.kind} past {detector.limit:g}"
+        f"{alert.windows} window(s); {detector.kind} past {detector.limit:g}{rise}"
     )
 
 

@@ -127,9 +127,15 @@ def test_the_monitor_finds_a_planted_surge_at_the_right_window(sentiment_run: Pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     alerts = [line for line in proc.stdout.splitlines() if line.startswith("ALERT")]
     assert len(alerts) == 1, proc.stdout
-    assert alerts[0].startswith("ALERT 2026-05-30 02:00 UTC")  # the surge's first hour
+    # The CUSUM's change-point estimate is the surge's first hour. The alarm itself comes once the
+    # statistic passes the limit: in the surge's first hour with a strong model, an hour later with a
+    # weaker one (the DP noise is secret, so the fixture's model differs from run to run: accuracy
+    # 0.73-0.89 and alarms at 02:00, 03:00, 02:00, 02:00 in four runs, the rise dated 02:00 in all four).
+    assert alerts[0].endswith("rise began 2026-05-30 02:00 UTC"), alerts[0]
+    assert alerts[0].startswith(("ALERT 2026-05-30 02:00 UTC", "ALERT 2026-05-30 03:00 UTC")), alerts[0]
     doc = json.loads((tmp_path / "m" / "alerts.json").read_text())
-    assert doc["alerts"][0]["start"] == T0 + SURGE.start and doc["texts"] == 10_000
+    assert doc["alerts"][0]["onset"] == T0 + SURGE.start and doc["texts"] == 10_000
+    assert T0 + SURGE.start <= doc["alerts"][0]["start"] < T0 + SURGE.end
     assert (tmp_path / "m" / "monitor.png").stat().st_size > 10_000
     assert "texts/s" in proc.stdout
 
