@@ -3,7 +3,7 @@ two neighbouring validation sets, must not let a distinguisher tell them apart b
 epsilon allows.
 
 A site under ``evaluation = "dp"`` releases its task's additive statistics through the Gaussian
-mechanism (``client.app.noised_statistics``; one release per round, charged to its budget). For
+mechanism (``client.handlers.noised_statistics``; one release per round, charged to its budget). For
 (epsilon, delta)-DP, every set ``S`` of outputs satisfies ``P[M(D) in S] <= e^epsilon P[M(D') in
 S] + delta`` for neighbours ``D, D'`` (one record removed). The auditor draws ``trials`` releases
 on each, scores each release by its projection on the direction in which the two exact
@@ -129,7 +129,7 @@ def audit_run_evaluations(run, *, trials: int = 20_000, p: float = 0.05) -> list
 
     import torch
 
-    from client.app import _simulation_policy, _task, noised_statistics
+    from client.handlers import _simulation_policy, _task, noised_statistics
     from client.site_ledger import simulation_paths
     from common.federation import model_spec, site_data
     from common.models import build_model, load_exchanged

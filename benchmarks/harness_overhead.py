@@ -130,14 +130,14 @@ def plain_loop(cfg, metrics: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 def client_app_loop(cfg, metrics: dict[str, Any], state: Path) -> dict[str, Any]:
-    """The real ClientApp's train handler (client.app.handle_train: veto, ledger, data, model,
+    """The real ClientApp's train handler (client.handlers.handle_train: veto, ledger, data, model,
     DP-SGD, reply) for the same client-rounds, called one after another in this process with
     the server's messages built here: fedshield's own cost per client-round without the
     engine's messaging, and without sites competing for the CPUs."""
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from client.app import handle_train
+    from client.handlers import handle_train
     from common import records as rk
     from common.federation import model_spec
     from common.models import build_model, spec_frozen_sha256

@@ -91,7 +91,7 @@ class PrivacyPlan:
     max_grad_norm: float
     grad_sample_mode: str = "hooks"
     # Broken on purpose, for the empirical audit's tests of itself (simulated sites only;
-    # client.app refuses it in a deployment): see :data:`FAULTS`.
+    # client.handlers refuses it in a deployment): see :data:`FAULTS`.
     fault: str = ""
 
     def __post_init__(self) -> None:

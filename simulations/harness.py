@@ -192,9 +192,9 @@ def _backend_config(cfg: RunConfig, ray_address: str | None = None) -> dict[str,
 
 def mark_shared_state(cfg: RunConfig) -> None:
     """Write the state folder's marker, which every simulated site checks before it opens its
-    ledger (client.app): on a cluster of machines, a site placed on a machine that does not
+    ledger (client.handlers): on a cluster of machines, a site placed on a machine that does not
     see this folder (not on shared storage) refuses instead of starting a fresh ledger."""
-    from client.app import SHARED_STATE_FILE
+    from client.handlers import SHARED_STATE_FILE
 
     state = Path(cfg.state_path)
     state.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """A fresh, independent copy of a model: what ``copy.deepcopy`` gives, without its generic walk.
 
 A site builds the job's model for every request from a template kept in the process
-(client/app.py). ``copy.deepcopy`` visits every attribute of every module through Python's
+(client/handlers.py). ``copy.deepcopy`` visits every attribute of every module through Python's
 generic protocol (a few hundred calls for a three-layer MLP, 0.3 ms a round). :func:`clone`
 copies what a module is made of directly: new parameter and buffer tensors (their values
 copied, ``requires_grad`` kept), submodules cloned in turn (a module reached twice is cloned

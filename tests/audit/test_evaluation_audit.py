@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from audit.evaluation import audit_release, distinguishing_bound, neighbours
-from client.app import noised_statistics
+from client.handlers import noised_statistics
 from common.dataset import Dataset, Modality
 from common.privacy import noise
 from common.tasks.classification import Classification

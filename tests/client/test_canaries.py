@@ -149,7 +149,7 @@ def test_included_input_canaries_move_the_weights_the_data_cannot(mode: str) -> 
 
 
 def test_input_canaries_refuse_text_models(tmp_path) -> None:
-    from client.app import _canary_records
+    from client.handlers import _canary_records
     from common.config import RunConfig
 
     cfg = RunConfig.of(model="transformer", dataset="synthetic:notes", audit_canaries=5, audit_canary_kind="input")

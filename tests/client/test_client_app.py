@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import handle_train
+from client.handlers import handle_train
 from client.site_ledger import LAST_UPDATE_FILE
 from common import records as rk
 from common.federation import model_spec
@@ -17,6 +19,8 @@ from common.models import build_model
 from common.privacy.accounting import DpSgdEvent, epsilon
 from common.privacy.ledger import read_entries
 from simulations.scenarios import load_scenario
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +78,7 @@ def test_refusal_reads_no_data_and_is_recorded(tmp_path: Path, monkeypatch: pyte
     ctx = _context()
     handle_train(_train_msg(cfg, 1), ctx, cfg)  # first contact fingerprints the dataset (cached in node state)
 
-    import client.app as app
+    import client.handlers as app
 
     def no_data(*_args, **_kwargs):
         raise AssertionError("the veto must not read the records")
@@ -210,3 +214,30 @@ def test_audit_canaries_stay_at_the_site_and_the_archive_is_the_release(tmp_path
     archive = torch.load(folder / "round-1.pt", weights_only=True)
     released = [np.asarray(w) for w in archive["released"]]
     assert arrays_sha256(zip(archive["names"], released, strict=True)) == entry["update_sha256"]
+
+
+def test_secure_aggregations_key_stage_runs_without_loading_torch() -> None:
+    """A deployed SuperNode starts one process per message; SecAgg+'s key setup (like its key
+    shares and unmasking) must not pay for torch and the DP engines, only the stage that trains."""
+    script = """
+import sys
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.supercore.task_identity import TaskIdentity
+from client.app import app
+assert "torch" not in sys.modules, "importing client.app loaded torch"
+TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 7
+setup = ConfigRecord({Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 2, Key.SHARE_NUMBER: 2, Key.THRESHOLD: 2,
+                      Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 2**22, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 1e4})
+msg = Message(RecordDict({RECORD_KEY_CONFIGS: setup}), dst_node_id=7, message_type=MessageType.TRAIN)
+ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+              run_config={})
+reply = app(msg, ctx)
+assert not reply.has_error(), reply.error
+keys = reply.content.config_records[RECORD_KEY_CONFIGS]
+assert len(keys[Key.PUBLIC_KEY_1]) > 0 and len(keys[Key.PUBLIC_KEY_2]) > 0
+assert "torch" not in sys.modules, "the key setup stage loaded torch"
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stdout[-2000:] + proc.stderr[-3000:]

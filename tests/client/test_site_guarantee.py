@@ -11,8 +11,8 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-import client.app as app
-from client.app import handle_evaluate, handle_train
+import client.handlers as app
+from client.handlers import handle_evaluate, handle_train
 from client.site_ledger import mechanism_event
 from common import records as rk
 from common.federation import model_spec

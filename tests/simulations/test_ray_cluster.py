@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from audit.cli import run_audit
-from client.app import SHARED_STATE_FILE, _unshared_state
+from client.handlers import SHARED_STATE_FILE, unshared_state
 from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
 
@@ -52,13 +52,13 @@ def test_a_site_that_cannot_see_the_state_folder_refuses(tmp_path: Path) -> None
     context = Context(
         run_id=1, node_id=1, node_config={"partition-id": 2, "num-partitions": 3}, state=RecordDict(), run_config={}
     )
-    refusal = _unshared_state(msg, context, cfg)
+    refusal = unshared_state(msg, context, cfg)
     assert refusal is not None and "cannot see the simulation's state folder" in str(
         refusal.content[rk.REFUSAL][rk.REASON]
     )
     (tmp_path / "not-shared").mkdir()
     (tmp_path / "not-shared" / SHARED_STATE_FILE).write_text("{}")
-    assert _unshared_state(msg, context, cfg) is None
+    assert unshared_state(msg, context, cfg) is None
 
 
 @pytest.fixture(autouse=True)
