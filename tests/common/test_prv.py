@@ -145,6 +145,30 @@ def test_long_self_composition_is_opacus_epsilon(q: float, sigma: float, steps: 
     assert prv.prv_epsilon(((sigma, q, steps),), 1e-5, 0.01) == pytest.approx(expected, rel=1e-6)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.one_of(st.floats(0.001, 0.6), st.just(1.0)),
+    sigma=st.floats(0.5, 4.0),
+    steps=st.integers(1, 300),
+    delta=st.sampled_from([1e-3, 1e-5, 1e-7]),
+)
+def test_upper_epsilon_is_opacus_compute_epsilons_upper_bit_for_bit(
+    q: float, sigma: float, steps: int, delta: float
+) -> None:
+    """fedshield searches -delta(t) by bisection, evaluating it where it looks; Opacus evaluates
+    it everywhere and searches it with searchsorted: the same point, the same float."""
+    from opacus.accountants.analysis.prv import Domain
+
+    history = ((sigma, q, steps),)
+    size = prv._safe_domain_size(history, 0.01, delta / 1000)
+    mesh = 0.01 / np.sqrt(steps * np.log(12 / (delta / 1000)) / 2)
+    domain = prv._fast_fourier_domain(Domain.create_aligned(-size, size, mesh))
+    with np.errstate(divide="ignore"):
+        composed = prv._self_composed(prv._discretize(q, sigma, domain), steps)
+    _, _, upper = composed.compute_epsilon(delta, delta / 1000, 0.01)
+    assert prv._upper_epsilon(composed, delta, delta / 1000, 0.01) == upper
+
+
 def test_power_by_squaring_is_the_power() -> None:
     rng = np.random.default_rng(3)
     values = np.exp(1j * rng.uniform(0, 2 * np.pi, 1000)) * rng.uniform(0.9, 1.0, 1000)
