@@ -110,7 +110,10 @@ def test_your_own_conll_file_trains_through_the_same_loader(tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def sentiment_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sentiment") / "run"
-    cfg = load_scenario("banks-sentiment").replace(synthetic_records=900, sites=2, rounds=2, out=str(out))
+    # 1,500 headlines: at 900 the model's accuracy ranged 0.73-0.89 over four runs (the noise is
+    # secret, so every run differs), 0.84-0.88 over three at 1,500, whose monitor alarmed in the
+    # surge's first hour each time
+    cfg = load_scenario("banks-sentiment").replace(synthetic_records=1500, sites=2, rounds=2, out=str(out))
     m = _run(cfg)
     # measured with the scenario's own settings (1,500 headlines, 3 sites, 3 rounds): 0.934
     assert m["final"]["metrics"]["accuracy"] > 0.7, m["final"]["metrics"]
@@ -129,8 +132,9 @@ def test_the_monitor_finds_a_planted_surge_at_the_right_window(sentiment_run: Pa
     assert len(alerts) == 1, proc.stdout
     # The CUSUM's change-point estimate is the surge's first hour. The alarm itself comes once the
     # statistic passes the limit: in the surge's first hour with a strong model, an hour later with a
-    # weaker one (the DP noise is secret, so the fixture's model differs from run to run: accuracy
-    # 0.73-0.89 and alarms at 02:00, 03:00, 02:00, 02:00 in four runs, the rise dated 02:00 in all four).
+    # weaker one (the DP noise is secret, so the fixture's model differs from run to run: with 900
+    # headlines, accuracy 0.73-0.89 and alarms at 02:00, 03:00, 02:00, 02:00 in four runs, the rise
+    # dated 02:00 in all four; with the fixture's 1,500, 0.84-0.88 and 02:00 in three of three).
     assert alerts[0].endswith("rise began 2026-05-30 02:00 UTC"), alerts[0]
     assert alerts[0].startswith(("ALERT 2026-05-30 02:00 UTC", "ALERT 2026-05-30 03:00 UTC")), alerts[0]
     doc = json.loads((tmp_path / "m" / "alerts.json").read_text())
