@@ -55,7 +55,10 @@ def make_client_app(cfg: RunConfig | None = None, *, mods: list | None = None, s
     def evaluate_(msg: Message, context: Context) -> Message:
         from client import handlers
 
-        return handlers.handle_evaluate(msg, context, resolve(context))
+        resolved = resolve(context)
+        if shared_state and (refusal := handlers.unshared_state(msg, context, resolved)) is not None:
+            return refusal
+        return handlers.handle_evaluate(msg, context, resolved)
 
     return app
 

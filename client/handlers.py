@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from client import last_update
 from client.budget import Budget, decide
@@ -685,11 +685,15 @@ SHARED_STATE_FILE = "federation.json"  # written by the harness in the state fol
 
 def unshared_state(msg: Message, context: Context, cfg: RunConfig) -> Message | None:
     """A refusal when this machine does not see the simulation's state folder (a Ray cluster
-    node without the shared storage): a site there would start a fresh ledger, a fresh budget."""
+    node without the shared storage): a site there would start a fresh ledger, a fresh budget,
+    for training and for a DP evaluation release alike (an evaluation is refused releasing
+    nothing: the reason cannot go into a ledger this machine cannot see)."""
     marker = Path(cfg.state_path) / SHARED_STATE_FILE
     if marker.exists():
         return None
     site_id = int(context.node_config.get("partition-id", 0))
+    if msg.metadata.message_type == MessageType.EVALUATE:
+        return Message(RecordDict({rk.METRICS: _eval_refusal(site_id)}), reply_to=msg)
     reason = (
         f"site-{site_id} cannot see the simulation's state folder {cfg.state_path} on this machine "
         f"(no {SHARED_STATE_FILE}): on a Ray cluster it must be on storage every machine shares"

@@ -373,10 +373,13 @@ def _upper_epsilon(dprv, delta: float, delta_error: float, eps_error: float) -> 
     eps_error)``, the one fedshield reports, from the same arrays by the same arithmetic.
 
     Opacus evaluates ``-delta(t) = exp(t) d2(t) - d1(t)`` at every point of the domain (a second
-    pass of ``exp``, a third of its cost) and searches it three times, for its lower, middle and
-    upper values; ``-delta(t)`` never decreases in ``t``, so a bisection that evaluates it at
-    the points it visits (17 of 65,000) finds the same first point at or above
-    ``-(delta - delta_error)`` as its ``searchsorted``."""
+    pass of ``exp``, a third of its cost) and finds where it reaches each of its three targets
+    with numpy's ``searchsorted`` (a binary search). Here the same binary search (the same
+    midpoints, the same comparison, NaN ordered last as numpy orders it) evaluates
+    ``-delta(t)`` only at the points it visits (17 of 65,000), so it visits the same points
+    and stops at the same one even where rounding (the FFT leaves some pmf entries slightly
+    negative) makes ``-delta(t)`` not monotone. It raises where Opacus raises: at index 0 for any
+    of the three targets (``RuntimeError``), past the end (``IndexError``)."""
     if delta <= 0:
         return math.inf
     if np.finfo(np.longdouble).eps * dprv.domain.size > delta - delta_error:
@@ -386,14 +389,21 @@ def _upper_epsilon(dprv, delta: float, delta_error: float, eps_error: float) -> 
     t, p = dprv.domain.ts, dprv.pmf
     d1 = np.flip(np.flip(p).cumsum())
     d2 = np.flip(np.flip(p * np.exp(-t)).cumsum())
-    target = delta - delta_error
-    lo, hi = 0, len(t)  # searchsorted(-delta(t), -target, side="left"): the first i with -delta(t_i) >= -target
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if np.exp(t[mid : mid + 1])[0] * d2[mid] - d1[mid] < -target:
-            lo = mid + 1
-        else:
-            hi = mid
-    if lo <= 0:
-        raise RuntimeError("Cannot compute epsilon")
-    return float(np.log((d1[lo] - target) / d2[lo]) + eps_error)
+
+    def find_epsilon(target: float) -> float:  # Opacus's, with its searchsorted(ndelta, -target) done lazily
+        lo, hi = 0, len(t)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            value = np.exp(t[mid : mid + 1])[0] * d2[mid] - d1[mid]
+            if value < -target:  # False for NaN: numpy sorts NaN after every number
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo <= 0:
+            raise RuntimeError("Cannot compute epsilon")
+        return np.log((d1[lo] - target) / d2[lo])
+
+    upper = float(find_epsilon(delta - delta_error) + eps_error)
+    find_epsilon(delta + delta_error)  # Opacus's lower and middle values, in its order: only their errors matter
+    find_epsilon(delta)
+    return upper

@@ -216,9 +216,11 @@ def test_audit_canaries_stay_at_the_site_and_the_archive_is_the_release(tmp_path
     assert arrays_sha256(zip(archive["names"], released, strict=True)) == entry["update_sha256"]
 
 
-def test_secure_aggregations_key_stage_runs_without_loading_torch() -> None:
-    """A deployed SuperNode starts one process per message; SecAgg+'s key setup (like its key
-    shares and unmasking) must not pay for torch and the DP engines, only the stage that trains."""
+def test_secure_aggregations_key_stages_run_without_loading_torch() -> None:
+    """A deployed SuperNode starts one process per message; SecAgg+'s key setup and key shares
+    (like its unmasking, which never reaches a handler either) must not pay for torch and the DP
+    engines, only the stage that trains. Two sites' key setups, then one site's key shares,
+    through the real app in a fresh process."""
     script = """
 import sys
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -226,17 +228,23 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 from client.app import app
 assert "torch" not in sys.modules, "importing client.app loaded torch"
-TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 7
-setup = ConfigRecord({Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 2, Key.SHARE_NUMBER: 2, Key.THRESHOLD: 2,
-                      Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 2**22, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 1e4})
-msg = Message(RecordDict({RECORD_KEY_CONFIGS: setup}), dst_node_id=7, message_type=MessageType.TRAIN)
-ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
-              run_config={})
-reply = app(msg, ctx)
-assert not reply.has_error(), reply.error
-keys = reply.content.config_records[RECORD_KEY_CONFIGS]
-assert len(keys[Key.PUBLIC_KEY_1]) > 0 and len(keys[Key.PUBLIC_KEY_2]) > 0
-assert "torch" not in sys.modules, "the key setup stage loaded torch"
+TaskIdentity.run_id, TaskIdentity.task_id = 1, 1
+def stage(node, ctx, configs):
+    TaskIdentity.node_id = node
+    msg = Message(RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(configs)}), dst_node_id=node,
+                  message_type=MessageType.TRAIN)
+    reply = app(msg, ctx)
+    assert not reply.has_error(), reply.error
+    return reply.content.config_records[RECORD_KEY_CONFIGS]
+contexts = {node: Context(run_id=1, node_id=node, node_config={"partition-id": i, "num-partitions": 2},
+                          state=RecordDict(), run_config={}) for i, node in enumerate((7, 8))}
+setup = {Key.STAGE: Stage.SETUP, Key.SAMPLE_NUMBER: 2, Key.SHARE_NUMBER: 2, Key.THRESHOLD: 2,
+         Key.CLIPPING_RANGE: 8.0, Key.TARGET_RANGE: 2**22, Key.MOD_RANGE: 2**32, Key.MAX_WEIGHT: 1e4}
+keys = {node: stage(node, ctx, dict(setup)) for node, ctx in contexts.items()}
+shares = stage(7, contexts[7], {Key.STAGE: Stage.SHARE_KEYS,
+               **{str(n): [k[Key.PUBLIC_KEY_1], k[Key.PUBLIC_KEY_2]] for n, k in keys.items()}})
+assert len(shares[Key.CIPHERTEXT_LIST]) == 1 and list(shares[Key.DESTINATION_LIST]) == [8]
+assert "torch" not in sys.modules, "a key stage loaded torch"
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -75,6 +75,37 @@ def test_a_site_that_cannot_see_the_state_folder_refuses(tmp_path: Path) -> None
     assert unshared_state(msg, context, cfg) is None
 
 
+def test_a_dp_evaluation_on_a_machine_without_the_state_folder_releases_nothing(tmp_path: Path) -> None:
+    """The attack: on a cluster node without the shared folder, ask a site whose policy allows
+    DP evaluation to evaluate. It would open a fresh ledger there and release against an empty
+    history (a fresh budget) as often as asked; it must refuse, release nothing, write nothing."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+    from client.app import make_client_app
+    from common import records as rk
+    from common.federation import model_spec
+    from common.models import build_model
+
+    state = tmp_path / "not-shared"
+    cfg = load_scenario("hospitals-tabular").replace(
+        sites=3, out=str(state), evaluation="dp", eval_noise_multiplier=2.0, budget_epsilon=3.0
+    )
+    arrays = ArrayRecord(build_model(model_spec(cfg), seed=cfg.seed).state_dict())
+    context = Context(
+        run_id=1, node_id=1, node_config={"partition-id": 1, "num-partitions": 3}, state=RecordDict(), run_config={}
+    )
+    app = make_client_app(cfg, shared_state=True)
+    for server_round in (1, 2, 3):
+        config = ConfigRecord({rk.SERVER_ROUND: server_round, rk.JOB_ID: "job-a"})
+        msg = Message(
+            RecordDict({rk.ARRAYS: arrays, rk.CONFIG: config}), dst_node_id=1, message_type=MessageType.EVALUATE
+        )
+        metrics = app(msg, context).content[rk.METRICS]
+        assert metrics[rk.EVAL_REFUSED] == 1 and metrics[rk.NUM_EXAMPLES] == 0
+        assert set(metrics) == {rk.SITE_ID, rk.EVAL_REFUSED, rk.NUM_EXAMPLES}  # no statistic of the records
+    assert not list(state.rglob("ledger.jsonl"))  # no fresh ledger, no fresh budget
+
+
 @pytest.fixture(autouse=True)
 def _task_identity() -> None:
     from flwr.supercore.task_identity import TaskIdentity
