@@ -5,7 +5,7 @@ themselves (:mod:`client.handlers`: the veto, the ledger, DP-SGD, the reply), im
 message needs them. A deployed SuperNode starts one ``flwr-clientapp`` process per message, and
 a round with secure aggregation is four messages of which only one trains: the other three
 (key setup, key shares, unmasking) load this module and Flower's SecAgg+ mod only, without
-torch and the DP engines (0.5 s against 2.5 s to import, measured on this project's 2-core
+torch and the DP engines (0.4 s against 2.5 s to import, measured on this project's 2-core
 machine; ``tests/client/test_client_app.py`` checks that torch stays out).
 """
 
