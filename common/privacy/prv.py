@@ -348,17 +348,23 @@ def _convolution_tree(dprvs: list):  # list[DiscretePRV] -> DiscretePRV
     return dprvs[0]
 
 
+def _domain(history: tuple[tuple[float, float, int], ...], eps_error: float, delta_error: float):  # -> Domain
+    """The domain ``PRVAccountant`` discretises ``history`` on (its safe size and mesh for the
+    errors), widened to a length the FFT is fast at (:func:`_fast_fourier_domain`)."""
+    from opacus.accountants.analysis.prv import Domain
+
+    total = sum(steps for _, _, steps in history)
+    size = _safe_domain_size(history, eps_error, delta_error)
+    mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
+    return _fast_fourier_domain(Domain.create_aligned(-size, size, mesh))
+
+
 @lru_cache(maxsize=8192)
 def prv_epsilon(history: tuple[tuple[float, float, int], ...], delta: float, eps_error: float) -> float:
     """Upper bound on epsilon at ``delta`` of ``history`` = ((noise_multiplier, sample_rate,
     steps), ...), as ``PRVAccountant.get_epsilon(delta, eps_error=eps_error)`` computes it."""
-    from opacus.accountants.analysis.prv import Domain
-
     delta_error = delta / 1000
-    total = sum(steps for _, _, steps in history)
-    size = _safe_domain_size(history, eps_error, delta_error)
-    mesh = eps_error / np.sqrt(total * np.log(12 / delta_error) / 2)
-    domain = _fast_fourier_domain(Domain.create_aligned(-size, size, mesh))
+    domain = _domain(history, eps_error, delta_error)
     # At sample rate 1 the PRV code takes log(1 - q) = log(0) = -inf on purpose: exact, only
     # numpy's warning is silenced.
     with np.errstate(divide="ignore"):

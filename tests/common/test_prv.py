@@ -166,12 +166,7 @@ def test_upper_epsilon_is_opacus_compute_epsilons_upper_bit_for_bit(
     """fedshield searches -delta(t) by bisection, evaluating it where it looks; Opacus evaluates
     it everywhere and searches it with searchsorted: the same point, the same float, and an
     error wherever Opacus raises one (near delta = 1 its lower value's search fails)."""
-    from opacus.accountants.analysis.prv import Domain
-
-    history = ((sigma, q, steps),)
-    size = prv._safe_domain_size(history, 0.01, delta / 1000)
-    mesh = 0.01 / np.sqrt(steps * np.log(12 / (delta / 1000)) / 2)
-    domain = prv._fast_fourier_domain(Domain.create_aligned(-size, size, mesh))
+    domain = prv._domain(((sigma, q, steps),), 0.01, delta / 1000)
     with np.errstate(divide="ignore"):
         composed = prv._self_composed(prv._discretize(q, sigma, domain), steps)
     theirs = _outcome(lambda: composed.compute_epsilon(delta, delta / 1000, 0.01)[2])
