@@ -7,6 +7,7 @@ import re
 import tempfile
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -56,6 +57,20 @@ def write_tiny_text_model(
 @pytest.fixture(scope="session")
 def tiny_text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_text_model(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def still_running(procs: list[psutil.Process], grace_s: float) -> list[psutil.Process]:
+    """Those of ``procs`` still running (not exited, not zombies) after waiting up to
+    ``grace_s`` seconds for them to exit; a process that exits while being looked at is not."""
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    running = []
+    for proc in alive:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                running.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return running
 
 
 def entity_words() -> tuple[str, ...]:

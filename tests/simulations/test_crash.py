@@ -19,6 +19,7 @@ from audit.cli import run_audit
 from client.site_ledger import SiteLedger, simulation_paths
 from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
+from tests.conftest import still_running
 
 pytestmark = pytest.mark.slow
 
@@ -108,8 +109,7 @@ def test_killing_only_the_main_process_leaves_no_worker_behind(tmp_path: Path, h
         assert any("ray" in " ".join(p.cmdline()).lower() for p in started), "no Ray process to watch"
         os.kill(proc.pid, how)  # the main process only
         proc.wait(timeout=30)
-        _, alive = psutil.wait_procs(started, timeout=60)
-        survivors = [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+        survivors = still_running(started, grace_s=60)
         assert not survivors, [" ".join(p.cmdline())[:120] for p in survivors]
         entries = len(_kinds(ledger))
         time.sleep(3)

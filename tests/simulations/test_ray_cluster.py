@@ -14,6 +14,7 @@ from audit.cli import run_audit
 from client.handlers import SHARED_STATE_FILE, unshared_state
 from simulations.harness import simulate, trusted_keys_for
 from simulations.scenarios import load_scenario
+from tests.conftest import still_running
 
 
 def test_a_simulation_runs_on_a_two_node_ray_cluster(tmp_path: Path) -> None:
@@ -34,22 +35,9 @@ def test_a_simulation_runs_on_a_two_node_ray_cluster(tmp_path: Path) -> None:
         assert audit.ok, [str(p) for p in audit.problems if p.fatal]
     finally:
         cluster.shutdown()
-    assert not _still_running(before), "the cluster left processes behind"
-
-
-def _still_running(before: set[int], grace_s: float = 30.0) -> list[psutil.Process]:
-    """This test's child processes (not in ``before``) still running after ``grace_s`` seconds
-    of waiting for them to exit (Ray's shutdown signals them; they may take a moment)."""
+    # Ray's shutdown signals its processes; they may take a moment to exit
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-    _, alive = psutil.wait_procs(left, timeout=grace_s)
-    running = []
-    for proc in alive:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                running.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return running
+    assert not still_running(left, grace_s=30), "the cluster left processes behind"
 
 
 def test_a_site_that_cannot_see_the_state_folder_refuses(tmp_path: Path) -> None:
