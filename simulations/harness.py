@@ -186,7 +186,10 @@ def _backend_config(cfg: RunConfig, ray_address: str | None = None) -> dict[str,
                 # cluster's nodes are started on another loopback address, e.g. 127.0.0.2.)
                 init["_node_ip_address"] = host
     else:
-        init |= {"num_cpus": os.cpu_count() or 1, "num_gpus": 1 if gpus else 0}
+        # "local": a Ray of its own, even where a cluster started with `ray start` (or a test's)
+        # is running on this machine or RAY_ADDRESS is set: Ray would otherwise try to join that
+        # cluster and fail (a joining driver may not set num_cpus); --ray-address joins one.
+        init |= {"address": "local", "num_cpus": os.cpu_count() or 1, "num_gpus": 1 if gpus else 0}
     return {"client_resources": {"num_cpus": 1, "num_gpus": gpus}, "init_args": init}
 
 

@@ -33,6 +33,10 @@ def test_a_simulation_runs_on_a_two_node_ray_cluster(tmp_path: Path) -> None:
         assert (tmp_path / SHARED_STATE_FILE).exists()
         audit = run_audit([tmp_path], trusted_keys_for(tmp_path))
         assert audit.ok, [str(p) for p in audit.problems if p.fatal]
+        # Without --ray-address a simulation runs on a Ray of its own, even while a cluster runs
+        # on this machine (Ray's default would join it, and fail: a joining driver may not set CPUs).
+        alone = simulate(cfg.replace(sites=2, rounds=1, out=str(tmp_path / "alone")), progress=lambda _: None)
+        assert sum(s["trained"] for s in alone["rounds"][0]["sites"].values()) == 2
     finally:
         cluster.shutdown()
     # Ray's shutdown signals its processes; they may take a moment to exit
