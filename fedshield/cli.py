@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
         "--ray-address",
         metavar="HOST:PORT",
         help="run the sites on an existing Ray cluster (see the README's 'Many machines'); "
-        "the state folder must be on storage every machine shares",
+        "the state folder must be on storage every machine shares (without it: a Ray of its own on this machine)",
     )
     sim.add_argument(
         "--set",
