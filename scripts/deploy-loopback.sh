@@ -6,12 +6,12 @@
 # Every process it starts is stopped by its process id when it ends.
 # Usage: bash scripts/deploy-loopback.sh [WORKDIR]   (default runs/deployment; wiped first)
 # JOB="KEY=VALUE ..." adds to the job's run config (keys not set above: another scenario's settings, e.g. the
-# entity-recognition job); INTRUDERS=0 skips step 7.
+# entity-recognition job); INTRUDERS=0 skips step 7; PORT (default 29092) moves the five ports it uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APP=$PWD
 D=$(python3 -c 'import os,sys; print(os.path.abspath(sys.argv[1]))' "${1:-runs/deployment}")
-PORT=${PORT:-29092}
+PORT=${PORT:-29092}  # the SuperLink; the SuperNodes take PORT+2, PORT+3 and PORT+4
 export PATH="$APP/.venv/bin:$PATH" FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 rm -rf "$D"; mkdir -p "$D/logs" "$D/flwr-home"
 PIDS=()
@@ -68,7 +68,7 @@ for i in 0 1; do
   FLWR_HOME=$D/sites/site-$i/flwr-home setsid flower-supernode --root-certificates "$T/ca.crt" \
     --superlink "127.0.0.1:$PORT" --auth-supernode-private-key "$N/site-$i.key" \
     --node-config "partition-id=$i num-partitions=2 site-name=\"site-$i\" state-dir=\"$D/sites/site-$i\" budget-epsilon=1.0 budget-delta=1e-5 require-dp=true" \
-    --host 127.0.0.1 --port $((29094 + i)) > "$D/logs/supernode-$i.log" 2>&1 &
+    --host 127.0.0.1 --port $((PORT + 2 + i)) > "$D/logs/supernode-$i.log" 2>&1 &
   PIDS+=($!)
 done
 online=0
@@ -98,11 +98,11 @@ step "7. intruders are refused: an unregistered SuperNode, and one without the C
 set +e
 FLWR_HOME=$D/flwr-home-x timeout 60 flower-supernode --root-certificates "$T/ca.crt" --superlink "127.0.0.1:$PORT" \
   --auth-supernode-private-key "$N/intruder.key" --node-config "partition-id=0 num-partitions=2" \
-  --host 127.0.0.1 --port 29096 --max-retries 2 --max-wait-time 10 > "$D/logs/unregistered.log" 2>&1
+  --host 127.0.0.1 --port $((PORT + 4)) --max-retries 2 --max-wait-time 10 > "$D/logs/unregistered.log" 2>&1
 echo "unregistered SuperNode: exit $? ($(grep -m1 -o 'Failed to activate SuperNode' "$D/logs/unregistered.log"))"
 FLWR_HOME=$D/flwr-home-x timeout 60 flower-supernode --superlink "127.0.0.1:$PORT" \
   --auth-supernode-private-key "$N/site-0.key" --node-config "partition-id=0 num-partitions=2" \
-  --host 127.0.0.1 --port 29096 --max-retries 2 --max-wait-time 10 > "$D/logs/no-ca.log" 2>&1
+  --host 127.0.0.1 --port $((PORT + 4)) --max-retries 2 --max-wait-time 10 > "$D/logs/no-ca.log" 2>&1
 echo "SuperNode without the CA certificate: exit $? ($(grep -m1 -o 'CERTIFICATE_VERIFY_FAILED' "$D/logs/no-ca.log"))"
 set -e
 step "done: logs in $D/logs"

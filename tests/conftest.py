@@ -73,6 +73,13 @@ def still_running(procs: list[psutil.Process], grace_s: float) -> list[psutil.Pr
     return running
 
 
+def loopback_port() -> int:
+    """A base port for scripts/deploy-loopback.sh (it uses PORT to PORT+4) of this test worker's
+    own: under pytest-xdist each worker (gw0, gw1, ...) gets ports no other worker uses."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return 29092 + 10 * int(worker.removeprefix("gw") or 0)
+
+
 def entity_words() -> tuple[str, ...]:
     """Most words of the entity generator (common/data/entities.py); a few stay unknown, and
     "metformin" is split into sub-words, so first-sub-word labelling is exercised."""
@@ -99,3 +106,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).parent.name in _SLOW_FOLDERS and item.get_closest_marker("unit") is None:
             item.add_marker(pytest.mark.slow)
+    # The end-to-end files first (a stable sort keeps each file's order): with two test workers
+    # (scripts/test.sh) the long files start early and the short ones fill in, instead of one
+    # long file running alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

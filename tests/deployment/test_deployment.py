@@ -9,9 +9,12 @@ It runs scripts/deploy-loopback.sh, the same commands the README's deployment se
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
+
+from tests.conftest import loopback_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
@@ -19,7 +22,9 @@ SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
 
 def test_tls_authenticated_deployment_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "deployment"
-    proc = subprocess.run(["bash", str(SCRIPT), str(work)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PORT": str(loopback_port())}
+    proc = subprocess.run(["bash", str(SCRIPT), str(work)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=env)  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert re.search(r"run \d+: finished:completed", out)

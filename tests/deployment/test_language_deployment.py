@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import loopback_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
 MINILM_LORA = "model='transformer' pretrained-path='minilm' finetune='lora'"  # the script runs 2 rounds
@@ -32,7 +34,7 @@ JOBS = {
 def test_language_job_deploys_and_is_verified(tmp_path: Path, name: str) -> None:
     job, task, headline = JOBS[name]
     work = tmp_path / "deployment"
-    env = {**os.environ, "JOB": job, "INTRUDERS": "0"}
+    env = {**os.environ, "JOB": job, "INTRUDERS": "0", "PORT": str(loopback_port())}
     proc = subprocess.run(["bash", str(SCRIPT), str(work)], cwd=ROOT, capture_output=True, text=True, timeout=900,
                           env=env)  # fmt: skip
     out = proc.stdout
