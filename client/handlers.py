@@ -27,6 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from client import last_update
+from client.blas import one_blas_thread
 from client.budget import Budget, decide
 from client.canaries import CanaryPlan, archive_round, input_records, site_plan
 from client.dp_trainer import LocalPlan, PrivacyPlan, get_weights, sampling, train_local
@@ -343,6 +344,10 @@ def _guarded(handler):
 
     @functools.wraps(handler)
     def run(msg: Message, context: Context, cfg: RunConfig) -> Message:
+        with one_blas_thread():  # the accountant's BLAS threads would stall torch's (client/blas.py)
+            return _run(msg, context, cfg)
+
+    def _run(msg: Message, context: Context, cfg: RunConfig) -> Message:
         if not (set(context.node_config) - _SIMULATED_NODE_KEYS):
             return handler(msg, context, cfg)
         try:

@@ -59,6 +59,30 @@ def test_restarted_site_continues_from_its_ledger(tmp_path: Path) -> None:
     assert entries[1]["reserve"] == entries[0]["seq"] and entries[3]["reserve"] == entries[2]["seq"]
 
 
+def test_a_request_runs_numpys_blas_on_one_thread_and_gives_the_threads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The accountant's BLAS threads spinning beside torch's stalled small models' steps
+    (client/blas.py): inside a request numpy's BLAS has one thread, after it what it had."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import client.handlers
+
+    def blas_threads() -> list[int]:
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    seen: list[list[int]] = []
+    real = client.handlers.train_local
+    monkeypatch.setattr(client.handlers, "train_local", lambda *a, **k: seen.append(blas_threads()) or real(*a, **k))
+    cfg = load_scenario("hospitals-tabular").replace(sites=3, rounds=2, out=str(tmp_path))
+    with threadpool_limits(2, user_api="blas"):
+        reply = handle_train(_train_msg(cfg, 1), _context(), cfg)
+        after = blas_threads()
+    # numpy's OpenBLAS, and scipy's own copy where scipy is loaded
+    assert rk.ARRAYS in reply.content and seen and all(set(threads) == {1} for threads in seen)
+    assert after and set(after) == {2}
+
+
 def test_reply_hash_matches_the_ledger_entry(tmp_path: Path) -> None:
     from server.tracking import arrays_hash
 
