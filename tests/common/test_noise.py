@@ -88,11 +88,19 @@ def _cat(noise: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat([n.reshape(-1) for n in noise])
 
 
-def test_step_noise_is_the_four_draw_gaussian_and_each_step_has_its_own() -> None:
+@pytest.mark.parametrize("threads", [1, 2], ids=["in-order", "chunked"])
+def test_step_noise_is_the_four_draw_gaussian_and_each_step_has_its_own(threads: int) -> None:
     """Noise of the planned std (sum of four N(0, s^2) halved has std s), Gaussian (kurtosis 3),
-    and no two steps, or two calls for the same step, draw the same noise."""
+    and no two steps, or two calls for the same step, draw the same noise: drawn in order on one
+    thread, in chunks on two (whatever threads the test process has: scripts/test.sh runs its
+    workers on one)."""
     params = [torch.zeros(300_000), torch.zeros(30)]  # large enough for the chunked path on 2+ threads
-    draws = [_cat(secret().step_noise(0.7, params, step)) for step in (0, 1, 1)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        draws = [_cat(secret().step_noise(0.7, params, step)) for step in (0, 1, 1)]
+    finally:
+        torch.set_num_threads(before)
     for d in draws:
         assert abs(float(d.std()) - 0.7) < 0.005 and abs(float(d.mean())) < 0.005
         assert abs(float(((d / d.std()) ** 4).mean()) - 3.0) < 0.05
