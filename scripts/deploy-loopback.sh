@@ -6,7 +6,7 @@
 # Every process it starts is stopped by its process id when it ends.
 # Usage: bash scripts/deploy-loopback.sh [WORKDIR]   (default runs/deployment; wiped first)
 # JOB="KEY=VALUE ..." adds to the job's run config (keys not set above: another scenario's settings, e.g. the
-# entity-recognition job); INTRUDERS=0 skips step 7; PORT (default 29092) moves the five ports it uses.
+# entity-recognition job); INTRUDERS=0 skips step 7; PORT (default 29092) moves the four ports it uses (PORT, PORT+2 to PORT+4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APP=$PWD

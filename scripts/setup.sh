@@ -15,5 +15,7 @@ extra=""
 [ "${1:-}" = "dev" ] && extra="[dev]"
 echo "setup: installing fedshield${extra} (offline-capable, pinned flwr 1.41.0)" >&2
 "${PIP[@]}" install -e ".${extra}" 2>&1 | grep -v -E "^WARNING: Location .* is ignored" >&2 || true
-.venv/bin/python -c "import flwr, opacus, transformers, peft, common, client, server, simulations" \
+check="import flwr, opacus, transformers, peft, threadpoolctl, common, client, server, simulations"
+[ -n "$extra" ] && check="$check, xdist, pytest, hypothesis"
+.venv/bin/python -c "$check" \
   || { echo "setup: installation failed" >&2; exit 1; }

@@ -6,11 +6,12 @@ bash scripts/setup.sh dev
 .venv/bin/ruff check .
 # Two test workers (pytest-xdist), each taking whole test files: the end-to-end tests spend much
 # of their time waiting (Flower's polling, processes starting), so two overlap well on two cores.
-# Each worker's torch uses one thread (two workers of two threads each on two cores slowed the
-# model-heavy tests 2.6x). FEDSHIELD_TEST_WORKERS=0 runs every test in this one process.
+# Each worker's torch uses one thread (tests/conftest.py; two workers of two threads each on two
+# cores slowed the model-heavy tests 2.6x); the processes tests start keep their defaults.
+# FEDSHIELD_TEST_WORKERS=0 runs every test in this one process.
 workers=${FEDSHIELD_TEST_WORKERS:-2}
 if [ "$workers" = 0 ]; then
   .venv/bin/python -m pytest "$@"
 else
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
 fi

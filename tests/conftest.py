@@ -19,6 +19,11 @@ os.environ.setdefault("FEDSHIELD_CACHE", tempfile.mkdtemp(prefix="fedshield-test
 # On a GPU the brute-force references compute their convolutions in float32 proper, as the DP
 # engines do (cuDNN's default is TF32, 2^-11: a reference off by more than the tolerances).
 torch.backends.cudnn.allow_tf32 = False
+# Under pytest-xdist (scripts/test.sh: two workers on two cores) each worker's torch uses one
+# thread, or two workers' thread pools oversubscribe the cores (model-heavy tests ran 2.6x
+# slower); the processes a test starts (sites, deployments, CLI runs) keep torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def write_tiny_text_model(
@@ -74,7 +79,7 @@ def still_running(procs: list[psutil.Process], grace_s: float) -> list[psutil.Pr
 
 
 def loopback_port() -> int:
-    """A base port for scripts/deploy-loopback.sh (it uses PORT to PORT+4) of this test worker's
+    """A base port for scripts/deploy-loopback.sh (it uses PORT and PORT+2 to PORT+4) of this test worker's
     own: under pytest-xdist each worker (gw0, gw1, ...) gets ports no other worker uses."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return 29092 + 10 * int(worker.removeprefix("gw") or 0)

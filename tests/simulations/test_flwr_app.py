@@ -46,6 +46,9 @@ def test_flwr_run_local_simulation(tmp_path: Path) -> None:
     # `flwr run` starts `flower-superlink` by name: the venv's bin must be on PATH (CI does not activate it).
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PATH": path, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0"}
+    # Flower's simulation starts Ray with no address, which joins a cluster running on the
+    # machine (another test worker's, tests/simulations/test_ray_cluster.py): a Ray of its own.
+    env["RAY_ADDRESS"] = "local"
     try:
         proc = subprocess.run(
             [flwr, "run", str(ROOT), "--run-config", f"rounds=1 out='{out}' {CREDIT}", "--stream"],

@@ -70,14 +70,14 @@ def test_full_fine_tune_sends_the_whole_model(tmp_path: Path, tiny_text_model: P
 
 
 def test_clinical_notes_with_pretrained_minilm(tmp_path: Path) -> None:
-    """The shipped scenario with the real MiniLM-L6 weights (the minilm extra), small: two rounds
-    of DP LoRA route notes far better than chance (0.25).
+    """The shipped scenario's model, the real MiniLM-L6 weights (the minilm extra), small and
+    split evenly: two rounds of DP LoRA route notes far better than chance (0.25).
 
-    The noise and the split are secret, so every run differs. The scenario's Dirichlet split of
-    two sites gave 0.43-0.73 over four runs (0.433 failed a full run of the suite here); split
-    evenly, as here, 0.63-0.76 over three (one round gave 0.40-0.70, too wide
-    to test). 0.45 is above what a chance router reaches on the 120 test notes at 99.9%
-    (binomial, about 0.37)."""
+    The noise and each site's train/validation split are secret, so every run differs. The
+    scenario's own Dirichlet split of two sites gave 0.43-0.73 over four runs (0.433 failed a
+    full run of the suite here); split evenly, as here, 0.63-0.76 over three (one round gave
+    0.40-0.70, too wide to test). 0.45 is above what a chance router reaches on the 120 test
+    notes at 99.9% (binomial, about 0.37)."""
     cfg = load_scenario("clinical-notes").replace(
         synthetic_records=600, sites=2, rounds=2, partition="iid", out=str(tmp_path / "run")
     )
