@@ -33,10 +33,9 @@ def _controller() -> Any:
     """threadpoolctl's view of the BLAS libraries the accountant uses (found once: 0.7 ms; a
     limit then costs 16 us): numpy's OpenBLAS, and scipy's own copy, which scipy.special (imported
     by the accountant) loads; a library loaded after this is not limited."""
-    import numpy  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
-    import common.privacy.prv  # noqa: F401
+    import common.privacy.prv  # noqa: F401  (loads numpy's and scipy's OpenBLAS)
 
     return ThreadpoolController()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -78,11 +79,15 @@ def still_running(procs: list[psutil.Process], grace_s: float) -> list[psutil.Pr
     return running
 
 
-def loopback_port() -> int:
-    """A base port for scripts/deploy-loopback.sh (it uses PORT and PORT+2 to PORT+4) of this test worker's
-    own: under pytest-xdist each worker (gw0, gw1, ...) gets ports no other worker uses."""
+def run_deploy_loopback(work: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/deploy-loopback.sh into ``work`` with ``env`` added, on a base port of this test
+    worker's own (the script uses PORT and PORT+2 to PORT+4): under pytest-xdist each worker
+    (gw0, gw1, ...) gets ports no other worker uses."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return 29092 + 10 * int(worker.removeprefix("gw") or 0)
+    port = 29092 + 10 * int(worker.removeprefix("gw") or 0)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "deploy-loopback.sh"
+    return subprocess.run(["bash", str(script), str(work)], cwd=script.parents[1], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **env, "PORT": str(port)})  # fmt: skip
 
 
 def entity_words() -> tuple[str, ...]:

@@ -9,12 +9,10 @@ It runs scripts/deploy-loopback.sh, the same commands the README's deployment se
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
-from tests.conftest import loopback_port
+from tests.conftest import run_deploy_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
@@ -22,9 +20,7 @@ SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
 
 def test_tls_authenticated_deployment_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "deployment"
-    env = {**os.environ, "PORT": str(loopback_port())}
-    proc = subprocess.run(["bash", str(SCRIPT), str(work)], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=env)  # fmt: skip
+    proc = run_deploy_loopback(work)
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert re.search(r"run \d+: finished:completed", out)

@@ -4,16 +4,12 @@ authentication, secure aggregation, sites with their own budgets and ledgers), a
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import loopback_port
+from tests.conftest import run_deploy_loopback
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "deploy-loopback.sh"
 MINILM_LORA = "model='transformer' pretrained-path='minilm' finetune='lora'"  # the script runs 2 rounds
 JOBS = {
     "entity-recognition": (
@@ -34,9 +30,7 @@ JOBS = {
 def test_language_job_deploys_and_is_verified(tmp_path: Path, name: str) -> None:
     job, task, headline = JOBS[name]
     work = tmp_path / "deployment"
-    env = {**os.environ, "JOB": job, "INTRUDERS": "0", "PORT": str(loopback_port())}
-    proc = subprocess.run(["bash", str(SCRIPT), str(work)], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=env)  # fmt: skip
+    proc = run_deploy_loopback(work, JOB=job, INTRUDERS="0")
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert "finished:completed" in out and "VERIFIED" in out and out.count("  OK") == 2
